@@ -1,0 +1,182 @@
+"""Attach ABBA adapters to a model, and save, load, merge and unload them.
+
+    from abba import ABBAConfig, get_abba_model, load_abba_model
+    model = get_abba_model(base_model, ABBAConfig(r1=16, r2=16, alpha=32))   # trainable adapter
+    model.save_pretrained("out/adapter")                                    # adapter files only
+    model = load_abba_model(base_model, "out/adapter")                      # restore it
+    merged = model.merge_and_unload()                                       # plain transformers model
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import CONFIG_NAME, WEIGHTS_NAME, ABBAConfig
+from .layer import ABBALinear
+
+ADAPTER_PREFIX = "abba_"
+
+
+def _is_target(name: str, targets: list[str] | str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+class ABBAModel(nn.Module):
+    """A model whose targeted linear layers carry ABBA adapters. Attribute access falls through to `model`."""
+
+    def __init__(self, model: nn.Module, config: ABBAConfig):
+        super().__init__()
+        self.model = model
+        self.abba_config = config
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.model.generate(*args, **kwargs)
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    def abba_layers(self) -> Iterator[tuple[str, ABBALinear]]:
+        for name, module in self.model.named_modules():
+            if isinstance(module, ABBALinear):
+                yield name, module
+
+    # ---------------------------------------------------------- parameters
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors only, keyed by their path inside the base model (e.g. 'model.layers.0.mlp.up_proj.abba_A1')."""
+        return {k: v for k, v in self.model.state_dict().items() if k.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX)}
+
+    def trainable_parameter_count(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.trainable_parameter_count()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # --------------------------------------------------------------- merge
+    def merge_adapter(self, safe_merge: bool = False) -> None:
+        for _, layer in self.abba_layers():
+            layer.merge(safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self.abba_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self, safe_merge: bool = True) -> nn.Module:
+        """Fold every adapter into its base weight and return the plain model (the adapters are gone)."""
+        layers = list(self.abba_layers())
+        if safe_merge:
+            for name, layer in layers:
+                if not torch.isfinite(layer.get_delta_weight()).all():
+                    raise ValueError(f"NaN or inf in the ABBA update of {name}: refusing to merge")
+        for name, layer in layers:
+            if not layer.merged:
+                layer.merge()
+            _set_submodule(self.model, name, layer.base_layer)
+        return self.model
+
+    @contextmanager
+    def disable_adapter(self):
+        """Within the block the model computes with W0 alone (also when the adapter is merged)."""
+        layers = [layer for _, layer in self.abba_layers()]
+        was_merged = [layer.merged for layer in layers]
+        for layer in layers:
+            if layer.merged:
+                layer.unmerge()
+            layer.disabled = True
+        try:
+            yield self
+        finally:
+            for layer, merged in zip(layers, was_merged):
+                layer.disabled = False
+                if merged:
+                    layer.merge()
+
+    # ----------------------------------------------------------- save/load
+    def save_pretrained(self, save_directory: str | Path, **_ignored) -> None:
+        """Write adapter_config.json and adapter_model.safetensors (adapter weights only)."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.abba_config
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(getattr(self.model, "config", None), "name_or_path", None) or None
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.adapter_state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "adapter_type": "abba"})
+        config.save(out)
+
+
+def get_abba_model(model: nn.Module, config: ABBAConfig, init: bool = True) -> ABBAModel:
+    """Replace every targeted nn.Linear of `model` by an ABBALinear, freeze the rest, and wrap it.
+
+    `init=False` skips the (SVD) initialisation, for loading saved weights into the layers.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _is_target(n, config.target_modules)]
+    if not names:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(
+            f"target_modules={config.target_modules!r} matches no nn.Linear in {type(model).__name__}; "
+            f"its linear layers are named {linear}"
+        )
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for index, name in enumerate(names):
+        base = model.get_submodule(name)
+        layer = ABBALinear(base, config, init_seed=config.seed * 1_000_003 + index if init else None)
+        _set_submodule(model, name, layer)
+    return ABBAModel(model, config)
+
+
+def load_abba_model(base_model: nn.Module | str, adapter_dir: str | Path, **from_pretrained_kwargs) -> ABBAModel:
+    """Restore a saved ABBA adapter onto `base_model` (a model, or a name/path for AutoModelForCausalLM)."""
+    adapter_dir = Path(adapter_dir)
+    config = ABBAConfig.load(adapter_dir)
+    weights = adapter_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {adapter_dir}")
+    if isinstance(base_model, (str, Path)):
+        from transformers import AutoModelForCausalLM
+
+        base_model = AutoModelForCausalLM.from_pretrained(str(base_model), **from_pretrained_kwargs)
+    model = get_abba_model(base_model, config, init=False)
+    saved = load_file(str(weights))
+    expected = model.adapter_state_dict()
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"adapter in {adapter_dir} does not fit the model: missing keys {missing}, unexpected keys {unexpected}")
+    bad = [f"{k}: saved {tuple(saved[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if saved[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"adapter in {adapter_dir} has mismatched shapes: {bad}")
+    model.model.load_state_dict(saved, strict=False)
+    return model
+
+
+__all__ = ["ABBAModel", "get_abba_model", "load_abba_model", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -1,0 +1,21 @@
+# Sourced by scripts/test.sh and scripts/quickstart.sh: create or reuse .venv and install the CPU extras.
+# Re-installs only when pyproject.toml changes (a stamp file records its hash).
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "error: Python 3.10+ is required ($PY is $("$PY" --version 2>&1))" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "== installing the CPU extras into .venv (first run only)"
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e ".[cpu,dev]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+# Nothing reaches the Hugging Face Hub or W&B from tests and the quickstart.
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+export ABBA_DATA_DIR="${ABBA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
