@@ -33,39 +33,144 @@ def khatri_rao_cols(B1: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
     return (B1.unsqueeze(2) * B2.unsqueeze(1)).reshape(B1.shape[0], B1.shape[1] * B2.shape[1])
 
 
+def _reduce_pairs(g: torch.Tensor, left: torch.Tensor, right: torch.Tensor, need_left: bool, need_right: bool):
+    """Gradients of `left` (p x n) and `right` (q x n) from g (p x q x n) = dL/dP where P[i, j] = left[i] * right[j].
+
+    dL/dleft[i] = sum_j g[i, j] * right[j], dL/dright[j] = sum_i g[i, j] * left[i]. A short chain of fused
+    multiply-adds over contiguous rows: no p q n temporary, and faster than einsum's batched mat-vecs here.
+    """
+    grad_left = grad_right = None
+    if need_left:
+        grad_left = g[:, 0] * right[0]
+        for j in range(1, g.shape[1]):
+            grad_left.addcmul_(g[:, j], right[j])
+    if need_right:
+        grad_right = g[0] * left[0]
+        for i in range(1, g.shape[0]):
+            grad_right.addcmul_(g[i], left[i])
+    return grad_left, grad_right
+
+
+def _kr_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    h = x2 @ khatri_rao_rows(A1, A2).t()  # (T, r1 r2)
+    B_star_t = khatri_rao_rows(B1.t(), B2.t())  # B*^T as (r1 r2, d_out) rows: the GEMM reads it contiguously
+    ctx.save_for_backward(x2, h, A1, A2, B1, B2)
+    ctx.scale, ctx.x_shape = scale, x.shape
+    if base is None:
+        return torch.mm(h, B_star_t).mul_(scale).view(*x.shape[:-1], B1.shape[0])
+    base.view(-1, base.shape[-1]).addmm_(h, B_star_t, alpha=scale)
+    return base
+
+
+def _kr_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
+    """Gradients of (x, A1, A2, B1, B2); `need` flags them in that order."""
+    x2, h, A1, A2, B1, B2 = ctx.saved_tensors
+    r1, r2 = A1.shape[0], A2.shape[0]
+    gy = grad_y.reshape(-1, grad_y.shape[-1])
+    sB1 = B1 * ctx.scale  # s folded into the smallest factor, once
+    grad_x = grad_A1 = grad_A2 = grad_B1 = grad_B2 = None
+    if need[3] or need[4]:
+        # dL/dB*^T = s h^T gy, laid out (r1, r2, d_out) so that both reductions run over contiguous rows.
+        g_B = (h.t() @ gy).view(r1, r2, -1)
+        gB1_t, gB2_t = _reduce_pairs(g_B, sB1.t().contiguous(), (B2 * ctx.scale).t().contiguous(), need[3], need[4])
+        del g_B
+        grad_B1 = gB1_t.t() if gB1_t is not None else None
+        grad_B2 = gB2_t.t() if gB2_t is not None else None
+    if need[0] or need[1] or need[2]:
+        # dL/dh = s gy B*; B* is built as rows of B*^T, several times faster than the column form.
+        g_h = gy @ khatri_rao_rows(sB1.t(), B2.t()).t()  # (T, r1 r2)
+        if need[0]:
+            grad_x = (g_h @ khatri_rao_rows(A1, A2)).view(ctx.x_shape)
+        if need[1] or need[2]:
+            g_A = (g_h.t() @ x2).view(r1, r2, -1)  # dL/dA*, (r1, r2, d_in)
+            grad_A1, grad_A2 = _reduce_pairs(g_A, A1, A2, need[1], need[2])
+    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2
+
+
+def _dense_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    delta = (B1 @ A1).mul_(B2 @ A2)  # freed on return: the backward rebuilds it
+    ctx.save_for_backward(x2, A1, A2, B1, B2)
+    ctx.scale, ctx.x_shape = scale, x.shape
+    if base is None:
+        return torch.mm(x2, delta.t()).mul_(scale).view(*x.shape[:-1], B1.shape[0])
+    base.view(-1, base.shape[-1]).addmm_(x2, delta.t(), alpha=scale)
+    return base
+
+
+def _dense_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
+    x2, A1, A2, B1, B2 = ctx.saved_tensors
+    gy = grad_y.reshape(-1, grad_y.shape[-1])
+    P1, P2 = B1 @ A1, B2 @ A2
+    grad_x = grad_A1 = grad_A2 = grad_B1 = grad_B2 = None
+    if need[0]:
+        grad_x = torch.mm(gy, (P1 * P2).mul_(ctx.scale)).view(ctx.x_shape)
+    if any(need[1:5]):
+        G = (gy.t() @ x2).mul_(ctx.scale)  # dL/d dW, (d_out, d_in)
+        if need[1] or need[3]:
+            M = G * P2
+            grad_A1 = B1.t() @ M if need[1] else None
+            grad_B1 = M @ A1.t() if need[3] else None
+            del M
+        if need[2] or need[4]:
+            M = G.mul_(P1)  # G is not needed any more: reuse its buffer
+            grad_A2 = B2.t() @ M if need[2] else None
+            grad_B2 = M @ A2.t() if need[4] else None
+    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2
+
+
 class KhatriRaoUpdate(torch.autograd.Function):
-    """s * (x A*^T) B*^T with A* = kr_rows(A1, A2), B* = kr_cols(B1, B2); saves x and h = x A*^T only."""
+    """s * (x A*^T) B*^T with A* = kr_rows(A1, A2), B* = kr_cols(B1, B2); saves x and h = x A*^T only.
+
+    A* and B* (r1 r2 (d_in + d_out) numbers) are rebuilt in the backward rather than kept, so the activation
+    memory is that of a rank-r1 r2 LoRA: x (shared with the frozen layer) and h (tokens x r1 r2).
+    """
 
     @staticmethod
     def forward(ctx, x, A1, A2, B1, B2, scale: float):
-        h = F.linear(x, khatri_rao_rows(A1, A2))  # (..., r1 r2)
-        y = F.linear(h, khatri_rao_cols(B1, B2))  # (..., d_out)
-        ctx.save_for_backward(x, h, A1, A2, B1, B2)
-        ctx.scale = scale
-        return y.mul_(scale)
+        return _kr_forward(ctx, x, A1, A2, B1, B2, scale, None)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, h, A1, A2, B1, B2 = ctx.saved_tensors
-        r1, r2 = A1.shape[0], A2.shape[0]
-        gy = grad_y.reshape(-1, grad_y.shape[-1])
-        h2 = h.reshape(-1, h.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
-        B_star = khatri_rao_cols(B1, B2)
-        # The scale is folded into the small (tokens x r1 r2) gradient of h once.
-        g_h = (gy @ B_star).mul_(ctx.scale)  # (T, R)
-        grad_x = grad_A1 = grad_A2 = grad_B1 = grad_B2 = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g_h @ khatri_rao_rows(A1, A2)).reshape(x.shape)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            g_A = (g_h.t() @ x2).view(r1, r2, -1)  # dL/dA*, (r1, r2, d_in)
-            grad_A1 = torch.einsum("ijd,jd->id", g_A, A2) if ctx.needs_input_grad[1] else None
-            grad_A2 = torch.einsum("ijd,id->jd", g_A, A1) if ctx.needs_input_grad[2] else None
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            g_B = (gy.t() @ h2).mul_(ctx.scale).view(-1, r1, r2)  # dL/dB*, (d_out, r1, r2)
-            grad_B1 = torch.einsum("oij,oj->oi", g_B, B2) if ctx.needs_input_grad[3] else None
-            grad_B2 = torch.einsum("oij,oi->oj", g_B, B1) if ctx.needs_input_grad[4] else None
-        return grad_x, grad_A1, grad_A2, grad_B1, grad_B2, None
+        return (*_kr_backward(ctx, grad_y, ctx.needs_input_grad), None)
+
+
+class DenseUpdate(torch.autograd.Function):
+    """s * x dW^T with dW = (B1 A1) ⊙ (B2 A2); same arguments as KhatriRaoUpdate, saves x and the factors only.
+
+    Plain autograd would keep B1 A1, B2 A2 and dW (three d_out x d_in matrices per layer) from the forward to
+    the backward; here they are rebuilt in the backward (2 r d_in d_out extra multiply-adds, small next to the
+    tokens x d_in x d_out products), so a dense-mode layer holds no extra activation memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, A1, A2, B1, B2, scale: float):
+        return _dense_forward(ctx, x, A1, A2, B1, B2, scale, None)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return (*_dense_backward(ctx, grad_y, ctx.needs_input_grad), None)
+
+
+class _AddUpdateInto(torch.autograd.Function):
+    """base + update, accumulated in place into `base` (the frozen layer's output) by a single GEMM.
+
+    This spares a tokens x d_out temporary and a separate add pass (on CPU also the page faults of a fresh
+    buffer). nn.Linear's backward never reads its output, so overwriting it is safe; `base` comes first
+    because autograd routes the gradient of a modified view through the first input.
+    """
+
+    @staticmethod
+    def forward(ctx, base, khatri_rao: bool, x, A1, A2, B1, B2, scale: float):
+        ctx.mark_dirty(base)
+        ctx.khatri_rao = khatri_rao
+        return (_kr_forward if khatri_rao else _dense_forward)(ctx, x, A1, A2, B1, B2, scale, base)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grads = (_kr_backward if ctx.khatri_rao else _dense_backward)(ctx, grad_y, ctx.needs_input_grad[2:7])
+        return grad_y, None, *grads, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -155,20 +260,24 @@ class ABBALinear(nn.Module):
         B1, A1, B2, A2 = (p.float() for p in (self.abba_B1, self.abba_A1, self.abba_B2, self.abba_A2))
         return (B1 @ A1).mul_(B2 @ A2).mul_(self.scaling)
 
-    def _update(self, x: torch.Tensor) -> torch.Tensor:
+    def _update(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The update s dW x; with `base` (the frozen layer's output on x), base + update, reusing base's memory."""
         dtype = _compute_dtype(x)
         x = self.dropout(x.to(dtype))
         B1, A1, B2, A2 = (p.to(dtype) for p in (self.abba_B1, self.abba_A1, self.abba_B2, self.abba_A2))
-        if self.forward_mode == "khatri_rao":
-            return KhatriRaoUpdate.apply(x, A1, A2, B1, B2, self.scaling)
-        delta = (B1 @ A1) * (B2 @ A2)
-        return F.linear(x, delta) * self.scaling
+        khatri_rao = self.forward_mode == "khatri_rao"
+        # In-place accumulation into the base output in eager mode; torch.compile gets the out-of-place form
+        # (AOTAutograd cannot functionalize a custom function that mutates a view, and fuses the add itself).
+        if base is not None and base.dtype == dtype and base.is_contiguous() and not torch.compiler.is_compiling():
+            return _AddUpdateInto.apply(base, khatri_rao, x, A1, A2, B1, B2, self.scaling)
+        update = (KhatriRaoUpdate if khatri_rao else DenseUpdate).apply(x, A1, A2, B1, B2, self.scaling)
+        return update if base is None else base + update.to(base.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.disabled or self.merged:
             return result
-        return result + self._update(x).to(result.dtype)
+        return self._update(x, result)
 
     # ----------------------------------------------------------------- merge
     @torch.no_grad()

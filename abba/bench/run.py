@@ -1,0 +1,140 @@
+"""Run the benchmark described by configs/bench.yaml and write results/bench/<device>-<date>.{json,md}."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..modeling import REPO_ROOT, torch_dtype
+from ..run_folder import git_commit, hardware, package_versions
+from .cases import layer_cases, model_cases, random_model
+from .flops import gemm_peak_flops, layer_flops
+from .measure import MEMORY_METHOD, peak_step_bytes, time_round_robin
+from .report import write_report
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The plain settings for this device, with the `quick` block merged on top when quick=true."""
+    if cfg.device not in ("cpu", "cuda"):
+        raise ValueError(f"device={cfg.device!r}: use cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    merged = OmegaConf.create(OmegaConf.to_container(cfg))  # not in struct mode: the blocks below add keys
+    merged = OmegaConf.merge(merged, cfg.per_device[cfg.device])
+    if cfg.quick:
+        merged = OmegaConf.merge(merged, cfg.quick_settings)
+        merged.layer.shapes = cfg.quick_settings.layer.shapes  # replaced, not merged into the full list
+    out = OmegaConf.to_container(merged, resolve=True)
+    out.pop("per_device"), out.pop("quick_settings")
+    return out
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info = hardware()
+    info.update({"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                 "python": platform.python_version()})
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info["gpu_memory_bytes"] = props.total_memory
+    return info
+
+
+def _layer_kind(spec: Mapping[str, Any]) -> tuple[str, int, int]:
+    if spec["method"] == "abba":
+        return "abba", int(spec.get("r1", 16)), int(spec.get("r2", 16))
+    return spec["method"], int(spec.get("r", 0)), 0
+
+
+def bench_layers(s: dict[str, Any], dtype: torch.dtype, peak: float) -> list[dict[str, Any]]:
+    rows = []
+    layer = s["layer"]
+    shapes = layer["shapes"]
+    unknown = set(layer["only"] or ()) - set(shapes)
+    if unknown:
+        raise ValueError(f"layer.only names unknown shape(s) {sorted(unknown)}; shapes: {sorted(shapes)}")
+    for shape_name, (d_in, d_out) in shapes.items():
+        if layer["only"] and shape_name not in layer["only"]:
+            continue
+        cases = layer_cases(layer["cases"], d_in, d_out, layer["tokens"], s["device"], dtype, s["seed"])
+        timing = time_round_robin({c.name: c.step for c in cases}, s["repeats"], s["warmup"], s["device"],
+                                  desc=f"layer {shape_name} {d_in}x{d_out}")
+        for case, spec in zip(cases, layer["cases"]):
+            memory = peak_step_bytes(case.step, case.resident(), s["device"])
+            kind, r, r2 = _layer_kind(spec)
+            flops = layer_flops(kind, layer["tokens"], d_in, d_out, r, r2, case.info.get("forward_mode", ""))
+            floor_s = flops / peak
+            rows.append({"shape": shape_name, "d_in": d_in, "d_out": d_out, "tokens": layer["tokens"], "case": case.name,
+                         **case.info, **timing[case.name], **memory, "floor_flops": flops, "floor_s": floor_s,
+                         "measured_over_floor": timing[case.name]["median_s"] / floor_s})
+        del cases
+        gc.collect()
+    return rows
+
+
+def bench_model(s: dict[str, Any], dtype: torch.dtype) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    m = s["model"]
+    model_cfg = OmegaConf.to_container(OmegaConf.merge(
+        OmegaConf.load(REPO_ROOT / "configs" / "model" / f"{m['config']}.yaml"), m["overrides"]))
+    base = random_model(model_cfg, dtype, s["device"], s["seed"])
+    cases = model_cases(m["cases"], base, m["target_modules"], m["batch"], m["seq"], s["device"], dtype, m["lr"],
+                        s["seed"])
+    timing = time_round_robin({c.name: c.step for c in cases}, s["repeats"], s["warmup"], s["device"], desc="model step")
+    rows = []
+    for case in cases:
+        memory = peak_step_bytes(case.step, case.resident(), s["device"])
+        rows.append({"case": case.name, **case.info, **timing[case.name], **memory})
+    arch = model_cfg["architecture"]
+    context = {"model": m["config"], "num_hidden_layers": arch["num_hidden_layers"], "hidden_size": arch["hidden_size"],
+               "intermediate_size": arch["intermediate_size"], "vocab_size": arch["vocab_size"], "batch": m["batch"],
+               "seq": m["seq"], "target_modules": m["target_modules"],
+               "total_params": sum(p.numel() for p in base.parameters())}
+    return rows, context
+
+
+def run_benchmark(cfg: DictConfig) -> Path:
+    """Run every case and write the JSON and Markdown reports; returns the JSON path."""
+    s = resolve(cfg)
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
+    torch.manual_seed(s["seed"])
+    dtype = torch_dtype(s["dtype"])
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
+    peak = gemm_peak_flops(s["device"], dtype, s["gemm_size"], repeats=s["repeats"])
+    unknown = set(s["parts"]) - {"layer", "model"}
+    if unknown:
+        raise ValueError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use layer and/or model")
+    layer_rows = bench_layers(s, dtype, peak["best_flops_per_s"]) if "layer" in s["parts"] else []
+    model_rows, model_context = bench_model(s, dtype) if "model" in s["parts"] else ([], {})
+    result = {
+        "device": s["device"], "dtype": s["dtype"], "quick": s["quick"], "started_utc": started.isoformat(),
+        "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(), "git_commit": git_commit(),
+        "packages": package_versions(), "machine": machine_info(s["device"]),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "settings": {k: s[k] for k in ("parts", "repeats", "warmup", "seed", "gemm_size", "threads")},
+        "timing_method": "wall clock per step (CUDA synchronized), cases interleaved round-robin, median of repeats "
+                         "after warm-up (min and samples kept)",
+        "memory_method": MEMORY_METHOD[s["device"]],
+        "gemm_peak": peak,
+        "layer": layer_rows,
+        "model": {"context": model_context, "cases": model_rows},
+        "merged_inference": "zero overhead by construction: merge_and_unload() folds s (B1 A1) ⊙ (B2 A2) into W0, "
+                            "leaving plain nn.Linear layers, so the merged model is the base architecture itself",
+    }
+    out_dir = Path(s["out_dir"])
+    if not out_dir.is_absolute():
+        out_dir = Path.cwd() / out_dir
+    stem = f"{s['device']}-{started.date().isoformat()}" + ("-quick" if s["quick"] else "")
+    return write_report(result, out_dir, stem, s["baseline_case"])

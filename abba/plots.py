@@ -1,0 +1,118 @@
+"""Figures: ours-vs-paper bar charts of the tables, and training-loss curves from RUN/metrics.jsonl.
+
+    python -m abba.tables results_dir=results output_dir=results/tables           # writes the bar charts too
+    python -m abba.plots loss_curve out=loss.png ABBA=outputs/x/seed0 LoRA=outputs/y/seed0
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, title: str = "") -> Path:
+    """Grouped bars per method: ours (mean, std error bar) beside the paper's number; one panel per model and
+    summary column (Avg for Table 1, each benchmark for Table 2). Methods without our runs get no ours-bar."""
+    plt = _pyplot()
+    columns = ["avg"] if spec["avg"] else spec["benchmarks"]
+    panels = [(model, col) for model in blocks for col in columns]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(max(4.5 * len(panels), 5), 4), squeeze=False)
+    for ax, (model, col) in zip(axes[0], panels):
+        rows = blocks[model]
+        xs = range(len(rows))
+        ours = [r.cells[col].mean if r.cells[col].mean is not None else 0.0 for r in rows]
+        errs = [r.cells[col].std or 0.0 for r in rows]
+        paper = [r.paper.get(col, 0.0) for r in rows]
+        has_ours = [r.cells[col].mean is not None for r in rows]
+        ax.bar([x - 0.2 for x in xs], paper, 0.4, label="paper", color="#bbbbbb")
+        ax.bar([x + 0.2 for x, h in zip(xs, has_ours) if h], [o for o, h in zip(ours, has_ours) if h], 0.4,
+               yerr=[e for e, h in zip(errs, has_ours) if h], label="ours", color="#1f77b4", capsize=2)
+        for x, h in zip(xs, has_ours):
+            if not h:
+                ax.text(x + 0.2, 0, "–", ha="center", va="bottom")
+        ax.set_xticks(list(xs), [r.label for r in rows], rotation=45, ha="right", fontsize=8)
+        label = spec["models"].get(model, {}).get("label", model)
+        ax.set_title(f"{label}: {col if col != 'avg' else 'Avg'}", fontsize=10)
+        ax.set_ylabel("accuracy (%)")
+        values = [v for v in paper + [o for o, h in zip(ours, has_ours) if h] if v]
+        if values:  # zoom in: the methods differ by a few points
+            ax.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 5))
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def read_losses(metrics_jsonl: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) from a RUN/metrics.jsonl written by abba.trainer.MetricsCallback."""
+    steps, losses = [], []
+    for line in Path(metrics_jsonl).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("loss") is not None:
+                steps.append(int(record["step"]))
+                losses.append(float(record["loss"]))
+    return steps, losses
+
+
+def loss_curve(runs: dict[str, Path], path: Path, title: str = "training loss") -> Path:
+    """One line per run: `runs` maps a legend label to a run folder (or its metrics.jsonl)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, run in runs.items():
+        run = Path(run)
+        metrics = run / "metrics.jsonl" if run.is_dir() else run
+        if not metrics.is_file():
+            raise FileNotFoundError(f"no metrics.jsonl for {label}: {metrics}")
+        steps, losses = read_losses(metrics)
+        ax.plot(steps, losses, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "loss_curve":
+        print("usage: python -m abba.plots loss_curve out=PNG LABEL=RUN_DIR [LABEL=RUN_DIR ...]", file=sys.stderr)
+        sys.exit(2)
+    args = dict(a.split("=", 1) for a in argv[1:])
+    out = Path(args.pop("out", "loss_curve.png"))
+    try:
+        loss_curve({k: Path(v) for k, v in args.items()}, out)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"loss curve: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Fine-tune a causal LM with ABBA, a peft baseline or full fine-tuning, configured by Hydra (configs/train.yaml).
+
+    python -m abba.train experiment=smoke_arithmetic                       # tiny random Llama, CPU, ~30 s
+    python -m abba.train experiment=t1_llama3_2_1b_abba_r32 seed=1         # one GPU
+    torchrun --nproc_per_node 4 -m abba.train experiment=t2_mistral_7b_abba_r32 trainer=zero2
+    python -m abba.train -m experiment=smoke_arithmetic peft.lr=1e-4,1e-3  # local sweep
+    python -m abba.train -m hydra/launcher=slurm experiment=t1_llama3_2_1b_abba_r32 seed=0,1,2
+
+Writes the run folder RUN (see abba.run_folder): config.yaml, run_info.json, metrics.jsonl, checkpoint-*/ and
+final/ (adapter or full model + tokenizer + abba_model.yaml). `train(cfg)` returns the final training loss
+(mean of the last 10 logged steps), so a Hydra sweeper can minimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .baselines import METHODS, apply_method, is_abba, parameter_counts
+from .data import DataError, build_train_dataset, check_data_source
+from .modeling import REPO_ROOT, build_model, load_tokenizer, torch_dtype
+from .official_code import apply_official_code
+from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, is_finished,
+                         run_info, write_atomic, write_json)
+
+log = logging.getLogger("abba.train")
+NOT_TRAINING_ARGS = ("name", "deepspeed", "keep_global_batch", "bf16", "warmup_ratio")
+FINAL_LOSS_WINDOW = 10
+
+
+class TrainConfigError(ValueError):
+    """An inconsistent training configuration; the message is one line."""
+
+
+def _validate(cfg: DictConfig) -> None:
+    if cfg.peft.method not in METHODS:
+        raise TrainConfigError(f"unknown peft.method {cfg.peft.method!r}; methods: {', '.join(METHODS)}")
+    if cfg.data.task not in ("arithmetic", "commonsense"):
+        raise TrainConfigError(f"data.task must be arithmetic or commonsense, got {cfg.data.task!r}")
+    if cfg.table not in (None, "table1", "table2"):
+        raise TrainConfigError(f"table must be table1, table2 or null, got {cfg.table!r}")
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def training_arguments(cfg: DictConfig, run_dir: Path):
+    """TrainingArguments from the `trainer` group. Creating them initialises torch.distributed and, for ZeRO-3,
+    registers the DeepSpeed config, so this must happen before the model is built."""
+    if not _on_gpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on a CPU-only machine
+    from transformers import TrainingArguments
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = {k: v for k, v in trainer_cfg.items() if k not in NOT_TRAINING_ARGS}
+    bf16 = trainer_cfg["bf16"]
+    kwargs["bf16"] = _on_gpu() if bf16 == "auto" else bool(bf16)
+    kwargs["warmup_steps"] = float(trainer_cfg["warmup_ratio"])  # transformers 5: a float < 1 is a ratio
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer_cfg.get("keep_global_batch") and world_size > 1:
+        accumulation = kwargs["gradient_accumulation_steps"]
+        kwargs["gradient_accumulation_steps"] = max(1, accumulation // world_size)
+        if accumulation % world_size:
+            log.warning("gradient_accumulation_steps %d is not divisible by %d processes: global batch changes",
+                        accumulation, world_size)
+    if cfg.logger.name == "wandb":
+        os.environ.setdefault("WANDB_PROJECT", str(cfg.logger.project))
+        os.environ.setdefault("WANDB_MODE", str(cfg.logger.mode))
+        if cfg.logger.entity:
+            os.environ.setdefault("WANDB_ENTITY", str(cfg.logger.entity))
+        if cfg.logger.group:
+            os.environ.setdefault("WANDB_RUN_GROUP", str(cfg.logger.group))
+    return TrainingArguments(
+        output_dir=str(run_dir), seed=int(cfg.seed), data_seed=int(cfg.seed), deepspeed=trainer_cfg.get("deepspeed"),
+        remove_unused_columns=False,  # ABBAModel.forward takes **kwargs: the Trainer cannot see its arguments
+        include_num_input_tokens_seen="non_padding", report_to=["wandb"] if cfg.logger.name == "wandb" else [],
+        run_name=f"{cfg.experiment_name}/seed{cfg.seed}", ddp_backend="gloo" if not _on_gpu() and world_size > 1 else None,
+        use_cpu=not _on_gpu(), save_only_model=False, **kwargs,
+    )
+
+
+def _final_loss(losses: list[float]) -> float:
+    tail = losses[-FINAL_LOSS_WINDOW:]
+    return float(sum(tail) / len(tail)) if tail else float("nan")
+
+
+def _save_final(trainer, model, cfg: DictConfig, run_dir: Path, is_main: bool) -> Path:
+    """RUN/final: adapter (or full model) + tokenizer + abba_model.yaml, written to final.tmp then renamed."""
+    tmp, final = run_dir / "final.tmp", run_dir / "final"
+    if is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers collectively
+    if is_main:
+        OmegaConf.save(cfg.model, tmp / "abba_model.yaml")
+        os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def _zero3(cfg: DictConfig) -> bool:
+    ds = cfg.trainer.deepspeed
+    return ds is not None and int(ds.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+def _copy_into_zero3(model, state_dict: dict, is_main: bool) -> None:
+    """Overwrite a ZeRO-3 partitioned model with full tensors held by rank 0, one module at a time."""
+    import deepspeed
+
+    for name, module in model.named_modules():
+        params = list(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0):
+            if is_main:
+                for pname, p in params:
+                    p.data.copy_(state_dict[f"{name}.{pname}" if name else pname])
+
+
+def train(cfg: DictConfig) -> float:
+    """Run one fine-tuning job described by a composed `configs/train.yaml`; return the final training loss."""
+    return fit(cfg)[0]
+
+
+def fit(cfg: DictConfig):
+    """`train`, also returning the trained in-memory model (None when a finished run is resumed)."""
+    if cfg.official_code:
+        apply_official_code(cfg)
+    _validate(cfg)
+    run_dir = Path(cfg.output_dir or default_run_dir(cfg.paths.output_root, cfg.experiment_name, cfg.seed))
+    with open_dict(cfg):
+        cfg.output_dir = str(run_dir)
+    # Everything that can be refused is checked before anything is written or loaded.
+    check_run_folder(run_dir, cfg.resume, cfg.overwrite)
+    if cfg.resume and is_finished(run_dir):
+        import json
+
+        info = json.loads((run_dir / "run_info.json").read_text())
+        log.warning("%s is already finished; nothing to resume", run_dir)
+        return float(info.get("final_loss", float("nan"))), None
+    check_data_source(cfg.data)
+
+    # Random weights drawn under deepspeed.zero.Init differ from a single process's draw; keep runs comparable
+    # across world sizes by drawing them the single-process way first (random_init is for tests/benchmarks).
+    single_process_weights = None
+    if cfg.model.random_init and _zero3(cfg):
+        single_process_weights = build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype), seed=int(cfg.seed)).state_dict()
+    args = training_arguments(cfg, run_dir)
+    if args.deepspeed and args.world_size > 1:
+        import deepspeed
+
+        # Wrap the process group torch already has, so deepspeed.zero.Init (ZeRO-3 model creation) sees it.
+        deepspeed.init_distributed(dist_backend="gloo" if not _on_gpu() else "nccl")
+    is_main = args.process_index == 0
+    with args.main_process_first(local=False, desc="run folder"):
+        if is_main:
+            if cfg.overwrite:
+                clear_run_folder(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    tokenizer = load_tokenizer(cfg.model)
+    with args.main_process_first(local=False, desc="tokenizing"):
+        dataset, n_truncated = build_train_dataset(cfg.data, tokenizer)
+
+    base = build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype), seed=int(cfg.seed))  # ZeRO-3: partitioned
+    if single_process_weights is not None:
+        _copy_into_zero3(base, single_process_weights, is_main)
+        del single_process_weights
+    if cfg.trainer.activation_checkpointing and cfg.peft.method != "full":
+        base.enable_input_require_grads()  # a frozen embedding would cut the checkpointed graph
+    model = apply_method(base, cfg.peft, seed=int(cfg.seed))
+    if cfg.dump_init_adapter and is_abba(model) and is_main:
+        model.save_pretrained(run_dir / "init_adapter")  # before DeepSpeed wraps (and partitions) the adapter
+    trainable, total = parameter_counts(model)
+    info = run_info(cfg.experiment_name, int(cfg.seed), cfg.peft.method, args.world_size, trainable, total,
+                    table=cfg.table, n_train_examples=len(dataset), n_truncated=n_truncated, finished=False)
+    if is_main:
+        write_json(run_dir / "run_info.json", info)
+        log.warning("%s: %s trainable of %s parameters, %d examples (%d truncated), world size %d",
+                    cfg.experiment_name, f"{trainable:,}", f"{total:,}", len(dataset), n_truncated, args.world_size)
+
+    from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .trainer import AdapterTrainer, InterruptCallback, MetricsCallback, WandbRunCallback
+
+    metrics = MetricsCallback(run_dir / "metrics.jsonl")
+    callbacks = [metrics]
+    if cfg.interrupt_at_step is not None:
+        callbacks.append(InterruptCallback(cfg.interrupt_at_step))
+    if cfg.logger.name == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(run_dir))  # offline runs land in RUN/wandb, not the working dir
+        callbacks.append(WandbRunCallback(OmegaConf.to_container(cfg, resolve=True),
+                                          {"trainable_params": trainable, "total_params": total}))
+    trainer = AdapterTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    checkpoint = get_last_checkpoint(str(run_dir)) if cfg.resume and run_dir.is_dir() else None
+    if cfg.resume and checkpoint is None:
+        log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    _save_final(trainer, model, cfg, run_dir, is_main)
+    loss = _final_loss(metrics.losses)
+    if is_main:
+        write_json(run_dir / "run_info.json", {**info, "finished": True, "final_loss": loss,
+                                               "global_step": trainer.state.global_step})
+    return loss, model
+
+
+@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: name the run folder from the command line, then `train(cfg)`; known errors exit 2
+    with one line on stderr."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.output_dir is None:
+        overrides = HydraConfig.get().overrides.task
+        with open_dict(cfg):
+            cfg.output_dir = default_run_dir(cfg.paths.output_root, cfg.experiment_name, cfg.seed, overrides)
+    try:
+        return train(cfg)
+    except (TrainConfigError, RunFolderError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The transformers Trainer, taught to checkpoint an ABBA adapter, plus the run's metric and test callbacks.
+
+* `AdapterTrainer` saves only the adapter for an `abba.ABBAModel` (adapter_config.json +
+  adapter_model.safetensors; optimizer/scheduler/RNG state come from the Trainer as usual) and restores it on
+  `resume_from_checkpoint`. peft baselines and full fine-tuning use the Trainer's own save/load.
+* `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl.
+* `InterruptCallback` raises after a chosen checkpoint is written, to test resume=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback
+
+from .config import WEIGHTS_NAME
+from .model import ABBAModel
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def save_abba_adapter(model: ABBAModel, output_dir: str | Path, state_dict: dict | None = None) -> None:
+    """Adapter files of `model`; `state_dict` (the wrapper's, e.g. gathered from ZeRO-3) overrides its tensors."""
+    if state_dict is None:
+        model.save_pretrained(output_dir)
+        return
+    # Wrapper keys are 'model.<key relative to the base model>'; keep the adapter tensors only.
+    adapter = {k[len("model."):]: v.detach().cpu().contiguous() for k, v in state_dict.items()
+               if k.rsplit(".", 1)[-1].startswith("abba_")}
+    expected = set(model.adapter_state_dict())
+    if set(adapter) != expected:
+        raise KeyError(f"gathered state dict misses adapter tensors: {sorted(expected - set(adapter))[:3]}")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    save_file(adapter, str(Path(output_dir) / WEIGHTS_NAME), metadata={"format": "pt", "adapter_type": "abba"})
+    model.abba_config.save(output_dir)
+
+
+def load_abba_adapter_into(model: ABBAModel, adapter_dir: str | Path) -> None:
+    """Copy saved adapter tensors into an existing ABBAModel (same layers, same shapes)."""
+    saved = load_file(str(Path(adapter_dir) / WEIGHTS_NAME))
+    expected = model.adapter_state_dict()
+    if set(saved) != set(expected):
+        raise KeyError(f"checkpoint {adapter_dir} does not fit the model: "
+                       f"missing {sorted(set(expected) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(expected))[:3]}")
+    model.model.load_state_dict(saved, strict=False)
+
+
+class AdapterTrainer(Trainer):
+    """Trainer whose checkpoints of an ABBAModel hold the adapter only."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not isinstance(self.model, ABBAModel):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        save_abba_adapter(self.model, output_dir, state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        if not isinstance(model, ABBAModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_abba_adapter_into(model, resume_from_checkpoint)
+
+
+class MetricsCallback(TrainerCallback):
+    """Per-step metrics to `path` (JSON lines, rank 0). On resume, records after the checkpoint are dropped so
+    the file holds each step once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.losses: list[float] = []
+        self._last_time = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= state.global_step]
+        self.losses = [json.loads(line)["loss"] for line in kept]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        elapsed = max(now - self._last_time, 1e-9)
+        record = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
+                  "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                  "tokens_per_s": (tokens - self._last_tokens) / elapsed, "tokens_seen": tokens}
+        self._last_time, self._last_tokens = now, tokens
+        self.losses.append(float(logs["loss"]))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class InterruptCallback(TrainerCallback):
+    """Raise once the checkpoint of step `step` is on disk: a reproducible stand-in for a killed job."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"interrupt_at_step={self.step}: stopping after checkpoint-{state.global_step}")
+
+
+class WandbRunCallback(TrainerCallback):
+    """logger=wandb: add the resolved Hydra config and the parameter counts to the wandb run (the Trainer's own
+    WandbCallback logs the per-step metrics). Runs after WandbCallback has started the run."""
+
+    def __init__(self, config: dict, counts: dict):
+        self.config, self.counts = config, counts
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.config.update({"abba": self.config}, allow_val_change=True)
+                wandb.run.summary.update(self.counts)

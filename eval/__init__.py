@@ -1,0 +1,8 @@
+"""Evaluation with the ABBA paper's protocol: GSM8K and MATH (arithmetic), and the eight commonsense benchmarks.
+
+    python -m eval.run benchmark=<name|arithmetic|commonsense> model_path=DIR output_dir=OUT [backend=auto|vllm|hf]
+    python -m eval.rescore benchmark=<name> input=samples.jsonl output=rescored.jsonl
+
+Layout: benchmarks/ (one spec per task: data, prompt, decoding, stop strings, scorer), scoring/ (answer
+extraction and equivalence, no model needed), backends/ (hf generate, vllm), samples.py (resumable JSONL).
+"""

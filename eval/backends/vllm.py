@@ -1,0 +1,40 @@
+"""vLLM backend (optional extra `pip install -e .[vllm]`, imported only when chosen). One engine serves every
+benchmark of a group; prompts go in chunks so results reach disk (and a killed run resumes) chunk by chunk."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from . import truncate_at_stop
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, chunk_size: int = 1024,
+                 **_unused: Any):
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError("backend=vllm needs vLLM: pip install -e .[vllm] (or use backend=hf)") from error
+        self.chunk_size = int(chunk_size)
+        self.llm = LLM(model=model_path, tensor_parallel_size=int(tensor_parallel_size), dtype=dtype, seed=int(seed),
+                       gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=max_model_len)
+
+    def generate(self, prompts: list[str], decoding, stop: tuple[str, ...], seed: int = 0,
+                 desc: str = "generate") -> Iterator[list[tuple[int, str]]]:
+        from vllm import SamplingParams
+
+        if decoding.do_sample:
+            sampling = dict(temperature=decoding.temperature, top_p=decoding.top_p, seed=int(seed))
+            if decoding.top_k:
+                sampling["top_k"] = decoding.top_k
+        else:
+            sampling = dict(temperature=0.0)
+        params = SamplingParams(n=1, max_tokens=decoding.max_new_tokens, stop=list(stop) or None,
+                                skip_special_tokens=True, **sampling)
+        for start in range(0, len(prompts), self.chunk_size):
+            chunk = prompts[start:start + self.chunk_size]
+            outputs = self.llm.generate(chunk, params, use_tqdm=True)
+            yield [(start + i, truncate_at_stop(out.outputs[0].text, stop)) for i, out in enumerate(outputs)]

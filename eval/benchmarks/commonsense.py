@@ -1,0 +1,41 @@
+"""The eight commonsense reasoning test sets in the LLM-Adapters format (instruction/input/output/answer).
+
+ABBA protocol (FACTS.md item 9): the Alpaca prompt ending "### Response:\\n", sampling with temperature 0.1,
+top_p 0.75, top_k 40, 32 new tokens, fixed seed; the first answer word in the lowercased completion is the
+prediction. There is no Hub copy of these files: they come from the LLM-Adapters repository.
+"""
+
+from abba.data.templates import format_prompt
+
+from ..scoring.commonsense import CommonsenseScorer
+from .base import Benchmark, Decoding
+
+DECODING = Decoding(max_new_tokens=32, do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
+SOURCE = "https://github.com/AGI-Edgerunners/LLM-Adapters/tree/main/dataset"
+
+VOCABULARIES = {
+    "boolq": ("true", "false"),
+    "piqa": ("solution1", "solution2"),
+    "social_i_qa": tuple(f"answer{i}" for i in range(1, 6)),
+    "hellaswag": tuple(f"ending{i}" for i in range(1, 5)),
+    "winogrande": ("option1", "option2"),
+    "ARC-Easy": tuple(f"answer{i}" for i in range(1, 6)),
+    "ARC-Challenge": tuple(f"answer{i}" for i in range(1, 6)),
+    "openbookqa": tuple(f"answer{i}" for i in range(1, 6)),
+}
+
+
+def _benchmark(name: str, vocabulary: tuple[str, ...]) -> Benchmark:
+    return Benchmark(
+        name=name,
+        local_file=f"commonsense/{name}/test.json",
+        file_format="json",
+        download_hint=f"{SOURCE}/{name}/test.json",
+        prompt=lambda r: format_prompt(r["instruction"], r.get("input", "")),
+        gold=lambda r: r["answer"],
+        decoding=DECODING,
+        make_scorer=lambda cfg: CommonsenseScorer(vocabulary),
+    )
+
+
+COMMONSENSE = {name: _benchmark(name, vocab) for name, vocab in VOCABULARIES.items()}

@@ -1,0 +1,53 @@
+"""Re-score saved generations without a model (e.g. after a scoring fix, or with another option).
+
+    python -m eval.rescore benchmark=math input=OUT/samples_math.jsonl output=/tmp/rescored.jsonl
+    python -m eval.rescore benchmark=math input=... output=... math_exception_correct=true
+
+Reads JSONL records with `completion` and `gold`, writes them with `prediction` and `correct` (and the scorer's
+extra fields) recomputed, and prints `accuracy=<value>` as its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from abba.run_folder import write_atomic
+
+from .benchmarks import BENCHMARKS
+
+OPTIONS = {"gsm8k_round_prediction": True, "math_exception_correct": False, "math_timeout_s": 5.0}
+
+
+def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **options) -> float:
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {sorted(BENCHMARKS)}")
+    records = [json.loads(line) for line in Path(input_path).read_text().splitlines() if line.strip()]
+    scorer = BENCHMARKS[benchmark].make_scorer({**OPTIONS, **options})
+    try:
+        rescored = [{**record, **scorer.score(record["completion"], record["gold"])} for record in records]
+    finally:
+        scorer.close()
+    write_atomic(Path(output_path), "".join(json.dumps(r) + "\n" for r in rescored))
+    return sum(bool(r["correct"]) for r in rescored) / len(rescored) if rescored else 0.0
+
+
+def main(argv: list[str]) -> None:
+    args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    missing = [k for k in ("benchmark", "input", "output") if k not in args]
+    if missing:
+        sys.exit(f"eval.rescore: missing {', '.join(k + '=' for k in missing)} "
+                 "(usage: python -m eval.rescore benchmark=NAME input=FILE output=FILE2)")
+    unknown = sorted(set(args) - {"benchmark", "input", "output"} - set(OPTIONS))
+    if unknown:
+        sys.exit(f"eval.rescore: unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+    options = {k: args[k] for k in OPTIONS if k in args}
+    accuracy = rescore(str(args["benchmark"]), args["input"], args["output"], **options)
+    print(f"accuracy={accuracy}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

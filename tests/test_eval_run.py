@@ -1,0 +1,108 @@
+"""eval.run on a tiny merged model: resuming a killed evaluation, rescoring, clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from abba.merge import merge
+from eval.backends.hf import HFBackend
+from eval.benchmarks import DataMissingError, resolve
+from eval.rescore import main as rescore_main
+from eval.run import SimulatedInterrupt, evaluate, load_config
+from eval_helpers import abba_run
+
+
+@pytest.fixture(scope="module")
+def merged_model(tmp_path_factory):
+    from abba.modeling import load_tokenizer
+    from conftest import model_cfg
+
+    root = tmp_path_factory.mktemp("merged")
+    abba_run(root / "run", load_tokenizer(model_cfg("tiny_llama")))
+    merge(root / "run" / "final", root / "model")
+    return root / "model"
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Every prompt the HF backend is asked to generate for, in order."""
+    prompts: list[str] = []
+    original = HFBackend.generate
+
+    def counting(self, batch_prompts, *args, **kwargs):
+        prompts.extend(batch_prompts)
+        yield from original(self, batch_prompts, *args, **kwargs)
+
+    monkeypatch.setattr(HFBackend, "generate", counting)
+    return prompts
+
+
+def _config(model, out, *extra):
+    return load_config([f"model_path={model}", f"output_dir={out}", "backend=hf", "batch_size=4", *extra])
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().split("\n") if line]
+
+
+def test_killed_evaluation_resumes_and_scores_every_item_once(merged_model, tmp_path, generated):
+    out = tmp_path / "out"
+    with pytest.raises(SimulatedInterrupt):
+        evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12", "interrupt_after=4"))
+    samples = out / "samples_boolq.jsonl"
+    first_ids = {r["id"] for r in _lines(samples)}
+    assert len(first_ids) == 4 and not (out / "metrics.json").exists()
+    with samples.open("a") as f:  # a kill in the middle of a write leaves a torn line
+        f.write('{"id": "9", "prompt": "Below is')
+    generated.clear()
+
+    result = evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12"))["boolq"]
+    records = _lines(samples)
+    assert sorted(r["id"] for r in records) == sorted(str(i) for i in range(12))  # each item exactly once
+    prompts = {r["id"]: r["prompt"] for r in records}
+    assert sorted(generated) == sorted(prompts[i] for i in prompts if i not in first_ids)  # only the missing ones
+    # Independent scoring: first true/false in the lowercased completion equals the gold.
+    expected = [(re.findall("true|false", r["completion"].lower()) or [None])[0] == r["gold"] for r in records]
+    assert result["accuracy"] == pytest.approx(sum(expected) / 12)
+    metrics = json.loads((out / "metrics.json").read_text())["boolq"]
+    assert metrics["n"] == 12 and metrics["backend"] == "hf" and metrics["decoding"]["top_k"] == 40
+
+    generated.clear()
+    evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12"))  # finished: nothing to generate
+    assert generated == [] and len(_lines(samples)) == 12
+
+
+def test_rescore_round_trips_a_samples_file(merged_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = evaluate(_config(merged_model, out, "benchmark=piqa", "limit=8"))["piqa"]
+    assert rescore_main(["benchmark=piqa", f"input={out / 'samples_piqa.jsonl'}", f"output={tmp_path / 'r.jsonl'}"]) is None
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"accuracy={result['accuracy']}"
+    original, rescored = _lines(out / "samples_piqa.jsonl"), _lines(tmp_path / "r.jsonl")
+    assert [(r["prediction"], r["correct"]) for r in original] == [(r["prediction"], r["correct"]) for r in rescored]
+
+
+def test_rescore_fills_in_math_records(shared_data, tmp_path, capsys):
+    from eval.benchmarks import BENCHMARKS, load_items
+
+    items = load_items(BENCHMARKS["math"], shared_data, limit=10)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": it.id, "completion": f"The answer is: {it.gold if i % 2 else 'zzz'}",
+                                          "gold": it.gold}) + "\n" for i, it in enumerate(items)))
+    rescore_main(["benchmark=math", f"input={source}", f"output={tmp_path / 'out.jsonl'}"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy=0.5"
+    assert [r["correct"] for r in _lines(tmp_path / "out.jsonl")] == [bool(i % 2) for i in range(10)]
+
+
+def test_missing_data_names_what_to_download_and_where(merged_model, tmp_path):
+    with pytest.raises(DataMissingError, match=r"LLM-Adapters/tree/main/dataset/winogrande/test\.json at .*commonsense/winogrande/test\.json"):
+        evaluate(_config(merged_model, tmp_path / "out", "benchmark=winogrande", f"paths.data_dir={tmp_path}"))
+
+
+def test_benchmark_names_and_groups():
+    assert resolve("arithmetic") == ["gsm8k", "math"]
+    assert len(resolve("commonsense")) == 8 and resolve(["gsm8k", "boolq"]) == ["gsm8k", "boolq"]
+    with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'"):
+        resolve("gsm9k")

@@ -1,0 +1,69 @@
+"""abba.merge: merged weights give the adapter model's logits (ABBA and peft LoRA), a float64 reference for the
+folded weights, the one-time cast, and refusal (nothing written) on NaN or an occupied output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from abba.merge import MergeError, main, merge
+from conftest import tiny_model
+from eval_helpers import abba_run, lora_run
+
+PROBE = ["The answer is: 18", "Please answer the following question with true or false, question: is the sky blue?"]
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(PROBE, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("make_run", [abba_run, lora_run], ids=["abba", "peft-lora"])
+def test_merged_logits_equal_adapter_logits(make_run, tokenizer, tmp_path):
+    adapter_model = make_run(tmp_path / "run", tokenizer)
+    merge(tmp_path / "run" / "final", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    expected, got = _logits(adapter_model, tokenizer), _logits(merged, tokenizer)
+    base_gap = (_logits(tiny_model(seed=3 if make_run is abba_run else 5), tokenizer) - expected).abs().max()
+    assert base_gap > 1e-2  # the adapter really changes the model, so equality below means something
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    info = json.loads((tmp_path / "merged" / "merge_info.json").read_text())
+    assert info["kind"] == ("abba" if make_run is abba_run else "peft")
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+    assert not any(p.name.startswith(".merged.tmp") for p in tmp_path.iterdir())
+
+
+def test_abba_fold_matches_float64_formula_and_casts_once(tokenizer, tmp_path):
+    adapter_model = abba_run(tmp_path / "run", tokenizer)
+    name, layer = next(adapter_model.abba_layers())
+    B1, A1, B2, A2 = (p.detach().double() for p in (layer.abba_B1, layer.abba_A1, layer.abba_B2, layer.abba_A2))
+    expected = layer.base_layer.weight.detach().double() + layer.scaling * (B1 @ A1) * (B2 @ A2)
+    merge(tmp_path / "run" / "final", tmp_path / "merged", dtype="bfloat16")
+    saved = load_file(str(tmp_path / "merged" / "model.safetensors"))[f"{name}.weight"]
+    assert saved.dtype == torch.bfloat16
+    # float32 fold then one cast: at most one bf16 rounding step away from the float64 value.
+    assert torch.allclose(saved.double(), expected, rtol=2 ** -8, atol=0)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_planted_nan_refuses_and_writes_nothing(tokenizer, tmp_path, capsys):
+    abba_run(tmp_path / "run", tokenizer, nan=True)
+    code = main([f"adapter_dir={tmp_path / 'run' / 'final'}", f"output_dir={tmp_path / 'merged'}"])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert "NaN" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_occupied_output_folder_is_refused(tokenizer, tmp_path):
+    lora_run(tmp_path / "run", tokenizer)
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "keep.txt").write_text("mine")
+    with pytest.raises(MergeError, match="already exists"):
+        merge(tmp_path / "run" / "final", tmp_path / "merged")
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == ["keep.txt"]

@@ -1,0 +1,48 @@
+"""Helpers shared by the training tests: compose a config, run abba.train in a subprocess, snapshot a folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from abba.modeling import REPO_ROOT
+
+CONFIGS = REPO_ROOT / "configs"
+
+
+def compose_train(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def train_env(data_dir: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ABBA_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_train(args: list[str], data_dir: Path, cwd: Path, nproc: int = 1, timeout: int = 600):
+    """`python -m abba.train ARGS` (or torchrun with `nproc` processes) from `cwd`; returns CompletedProcess."""
+    if nproc > 1:
+        with socket.socket() as s:  # a free port, so parallel test runs do not collide
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "abba.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "abba.train", *args]
+    env = train_env(data_dir)
+    env["OMP_NUM_THREADS"] = "1" if nproc > 1 else env.get("OMP_NUM_THREADS", "2")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its size and modification time (to prove nothing changed)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
