@@ -8,6 +8,10 @@ Two ways to compute the update on an input x (tokens x d_in):
   that keeps only x and the small r1 r2 intermediate for the backward and rebuilds A*, B* there,
   so activation memory matches a LoRA of rank r1 r2 (the factor products cost r1 r2 (d_in + d_out)).
 * Dense: build dW = (B1 A1) ⊙ (B2 A2) (d_out x d_in) and apply it. Cheaper only for large r1 r2.
+  `DenseUpdate` rebuilds dW in the backward instead of keeping three d_out x d_in matrices alive.
+
+In eager mode the layer adds the update into the frozen layer's output in place (`_AddUpdateInto`: one GEMM
+with beta = 1, no tokens x d_out temporary); the cost figures are in results/bench/ (`python -m abba.bench`).
 """
 
 from __future__ import annotations

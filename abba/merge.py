@@ -90,9 +90,15 @@ def base_model_entry(adapter_dir: Path, base_model: str | None, kind: str) -> di
 
 
 def _entry_dtype(entry: dict[str, Any]) -> torch.dtype:
+    """The entry's dtype; else a local model folder's saved dtype; else float32 (random init) / bfloat16."""
     if entry.get("dtype"):
         return torch_dtype(entry["dtype"])
-    return torch.float32 if entry.get("random_init") else torch.bfloat16
+    if entry.get("random_init"):
+        return torch.float32
+    config = Path(resolve_path(entry["name_or_path"])) / "config.json"
+    saved = json.loads(config.read_text()) if config.is_file() else {}
+    saved_dtype = saved.get("dtype") or saved.get("torch_dtype")
+    return torch_dtype(saved_dtype) if saved_dtype in ("float32", "bfloat16", "float16") else torch.bfloat16
 
 
 def load_unmerged(adapter_dir: Path, kind: str, entry: dict[str, Any], seed: int) -> torch.nn.Module:

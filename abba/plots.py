@@ -35,6 +35,8 @@ def _save(fig, path: Path) -> None:
 def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, title: str = "") -> Path:
     """Grouped bars per method: ours (mean, std error bar) beside the paper's number; one panel per model and
     summary column (Avg for Table 1, each benchmark for Table 2). Methods without our runs get no ours-bar."""
+    from .tables import BENCHMARK_LABELS  # here, not at the top: abba.tables imports this module lazily
+
     plt = _pyplot()
     columns = ["avg"] if spec["avg"] else spec["benchmarks"]
     panels = [(model, col) for model in blocks for col in columns]
@@ -42,21 +44,21 @@ def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, t
     for ax, (model, col) in zip(axes[0], panels):
         rows = blocks[model]
         xs = range(len(rows))
-        ours = [r.cells[col].mean if r.cells[col].mean is not None else 0.0 for r in rows]
+        ours = [r.cells[col].mean for r in rows]
         errs = [r.cells[col].std or 0.0 for r in rows]
-        paper = [r.paper.get(col, 0.0) for r in rows]
-        has_ours = [r.cells[col].mean is not None for r in rows]
-        ax.bar([x - 0.2 for x in xs], paper, 0.4, label="paper", color="#bbbbbb")
-        ax.bar([x + 0.2 for x, h in zip(xs, has_ours) if h], [o for o, h in zip(ours, has_ours) if h], 0.4,
-               yerr=[e for e, h in zip(errs, has_ours) if h], label="ours", color="#1f77b4", capsize=2)
-        for x, h in zip(xs, has_ours):
-            if not h:
-                ax.text(x + 0.2, 0, "–", ha="center", va="bottom")
+        paper = [r.paper.get(col) for r in rows]
+        px = [x for x, p in zip(xs, paper) if p is not None]
+        ox = [x for x, o in zip(xs, ours) if o is not None]
+        ax.bar([x - 0.2 for x in px], [paper[x] for x in px], 0.4, label="paper", color="#bbbbbb")
+        ax.bar([x + 0.2 for x in ox], [ours[x] for x in ox], 0.4, yerr=[errs[x] for x in ox], label="ours",
+               color="#1f77b4", capsize=2)
+        for x in set(xs) - set(ox):  # no run yet: a dash at the foot of the axis, never a zero-height bar
+            ax.text(x + 0.2, 0.02, "–", ha="center", va="bottom", transform=ax.get_xaxis_transform())
         ax.set_xticks(list(xs), [r.label for r in rows], rotation=45, ha="right", fontsize=8)
         label = spec["models"].get(model, {}).get("label", model)
-        ax.set_title(f"{label}: {col if col != 'avg' else 'Avg'}", fontsize=10)
+        ax.set_title(f"{label}: {BENCHMARK_LABELS.get(col, col)}", fontsize=10)
         ax.set_ylabel("accuracy (%)")
-        values = [v for v in paper + [o for o, h in zip(ours, has_ours) if h] if v]
+        values = [v for v in paper + ours if v is not None]
         if values:  # zoom in: the methods differ by a few points
             ax.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 5))
     axes[0][0].legend(fontsize=8)

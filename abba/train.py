@@ -73,7 +73,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path):
                         accumulation, world_size)
     if cfg.logger.name == "wandb":
         os.environ.setdefault("WANDB_PROJECT", str(cfg.logger.project))
-        os.environ.setdefault("WANDB_MODE", str(cfg.logger.mode))
+        os.environ["WANDB_MODE"] = str(cfg.logger.mode)  # the config is explicit: it beats the environment
         if cfg.logger.entity:
             os.environ.setdefault("WANDB_ENTITY", str(cfg.logger.entity))
         if cfg.logger.group:
@@ -97,12 +97,26 @@ def _save_final(trainer, model, cfg: DictConfig, run_dir: Path, is_main: bool) -
     tmp, final = run_dir / "final.tmp", run_dir / "final"
     if is_main and tmp.exists():
         shutil.rmtree(tmp)
-    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers collectively
+    if cfg.peft.method == "pissa" and is_main:
+        # PiSSA trained on a residual base; saving relative to its initial adapter turns it into a plain LoRA
+        # (rank 2r) on the original W0, which is what merge and evaluation load (peft's documented conversion).
+        model.save_pretrained(str(tmp), path_initial_model_for_weight_conversion=str(run_dir / "pissa_init"))
+        trainer.processing_class.save_pretrained(str(tmp))
+    elif cfg.peft.method != "pissa":
+        trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers collectively
     if is_main:
-        OmegaConf.save(cfg.model, tmp / "abba_model.yaml")
+        OmegaConf.save(cfg.model, tmp / "abba_model.yaml", resolve=True)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _save_pissa_init(model, directory: Path) -> None:
+    """The PiSSA adapter as initialised, saved as a plain LoRA init (peft's recipe for the final conversion)."""
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    model.save_pretrained(str(directory))
+    config.init_lora_weights = init
 
 
 def _zero3(cfg: DictConfig) -> bool:
@@ -179,6 +193,8 @@ def fit(cfg: DictConfig):
     model = apply_method(base, cfg.peft, seed=int(cfg.seed))
     if cfg.dump_init_adapter and is_abba(model) and is_main:
         model.save_pretrained(run_dir / "init_adapter")  # before DeepSpeed wraps (and partitions) the adapter
+    if cfg.peft.method == "pissa" and is_main:
+        _save_pissa_init(model, run_dir / "pissa_init")
     trainable, total = parameter_counts(model)
     info = run_info(cfg.experiment_name, int(cfg.seed), cfg.peft.method, args.world_size, trainable, total,
                     table=cfg.table, n_train_examples=len(dataset), n_truncated=n_truncated, finished=False)

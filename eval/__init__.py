@@ -2,7 +2,9 @@
 
     python -m eval.run benchmark=<name|arithmetic|commonsense> model_path=DIR output_dir=OUT [backend=auto|vllm|hf]
     python -m eval.rescore benchmark=<name> input=samples.jsonl output=rescored.jsonl
+    bash scripts/arithmetic_merge_eval.sh RUN_DIR...    (or cr_merge_eval.sh: merge + evaluate into results/)
 
 Layout: benchmarks/ (one spec per task: data, prompt, decoding, stop strings, scorer), scoring/ (answer
-extraction and equivalence, no model needed), backends/ (hf generate, vllm), samples.py (resumable JSONL).
+extraction and equivalence, no model needed), backends/ (hf generate, vllm), samples.py (resumable JSONL),
+merge_eval.py (merge training runs and evaluate them into results/<experiment>/seed<k>/).
 """

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from abba.modeling import REPO_ROOT, resolve_path
 from abba.run_folder import git_commit, write_json
@@ -50,6 +51,10 @@ def _backend_options(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Evaluate every benchmark named by cfg.benchmark; return their metrics entries."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"missing {' '.join(k + '=...' for k in missing)} "
+                         "(python -m eval.run benchmark=NAME model_path=DIR output_dir=OUT)")
     names = resolve(cfg.benchmark)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +126,10 @@ def _metrics_entry(cfg: DictConfig, name: str, decoding, stop, records: list[dic
 
 @hydra.main(version_base=None, config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as error:  # bad input: one line, no traceback
+        sys.exit(f"eval.run: {error}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ step() { echo; echo "== [$((SECONDS - start)) s] $*"; }
 mkdir -p "$out"
 
 step "1/6 reconstruction: ABBA vs LoRA on four kinds of target matrix (quick version)"
-python -m abba.reconstruct quick=true out_dir="$out/reconstruction"
+python -m abba.reconstruct quick=true output_dir="$out/reconstruction"
 
 step "2/6 synthetic arithmetic word problems (GSM8K format)"
 python -m abba.synthetic out_dir="$out/data" n_train=2000 n_test=100 seed=0
@@ -35,7 +35,7 @@ for method in abba lora; do
   result="$out/results/quickstart_$method/seed0"
   rm -rf "$result"
   python -m eval.run benchmark=gsm8k model_path="$out/merged/$method" output_dir="$result" backend=hf \
-    data_file="$out/data/test.jsonl" batch_size=50
+    data_file="$out/data/test.jsonl" batch_size=100
   cp "$run/config.yaml" "$run/run_info.json" "$result/"   # the table builder reads them beside metrics.json
 done
 
@@ -48,7 +48,7 @@ echo
 cat "$out/tables/other.md"
 echo
 echo "== done in $((SECONDS - start)) s. Outputs:"
-echo "  reconstruction figure : $out/reconstruction/"
+echo "  reconstruction figure : $out/reconstruction/reconstruction.png (.csv)"
 echo "  synthetic data        : $out/data/{train,test}.jsonl"
 echo "  training runs         : $out/runs/quickstart_{abba,lora}/seed0 (metrics.jsonl, final/)"
 echo "  merged models         : $out/merged/{abba,lora}"

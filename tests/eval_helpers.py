@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -55,3 +56,12 @@ def lora_run(run_dir: Path, tokenizer, seed: int = 5):
     model.save_pretrained(str(run_dir / "final"))
     _finish_folder(run_dir / "final", tokenizer)
     return model
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models generate 5-10x faster on one thread than on two busy cores (thread sync dominates)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,13 +6,14 @@ import json
 import re
 
 import pytest
+import torch
 
 from abba.merge import merge
 from eval.backends.hf import HFBackend
 from eval.benchmarks import DataMissingError, resolve
 from eval.rescore import main as rescore_main
 from eval.run import SimulatedInterrupt, evaluate, load_config
-from eval_helpers import abba_run
+from eval_helpers import abba_run, one_thread  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
-def test_killed_evaluation_resumes_and_scores_every_item_once(merged_model, tmp_path, generated):
+def test_killed_evaluation_resumes_and_scores_every_item_once(merged_model, tmp_path, generated, one_thread):
     out = tmp_path / "out"
     with pytest.raises(SimulatedInterrupt):
         evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12", "interrupt_after=4"))
@@ -75,7 +76,7 @@ def test_killed_evaluation_resumes_and_scores_every_item_once(merged_model, tmp_
     assert generated == [] and len(_lines(samples)) == 12
 
 
-def test_rescore_round_trips_a_samples_file(merged_model, tmp_path, capsys):
+def test_rescore_round_trips_a_samples_file(merged_model, tmp_path, capsys, one_thread):
     out = tmp_path / "out"
     result = evaluate(_config(merged_model, out, "benchmark=piqa", "limit=8"))["piqa"]
     assert rescore_main(["benchmark=piqa", f"input={out / 'samples_piqa.jsonl'}", f"output={tmp_path / 'r.jsonl'}"]) is None
@@ -106,3 +107,32 @@ def test_benchmark_names_and_groups():
     assert len(resolve("commonsense")) == 8 and resolve(["gsm8k", "boolq"]) == ["gsm8k", "boolq"]
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'"):
         resolve("gsm9k")
+
+
+def test_stop_strings_end_a_sequence_and_are_cut(tokenizer):
+    from eval.backends import truncate_at_stop
+    from eval.backends.hf import StopOnStrings
+
+    stop = ("Instruction:", "Instruction", "Response:", "Response")
+    prompt = tokenizer(["Q: 2+2?"])["input_ids"][0]
+    texts = [" So 4.\nThe answer is: 4\n\n### Instruction:\nNext", " So 4.\nThe answer is: 4"]
+    rows = [prompt + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])  # left padded
+    assert StopOnStrings(tokenizer, stop, prompt_length=len(prompt))(ids, None).tolist() == [True, False]
+    assert truncate_at_stop(texts[0], stop) == " So 4.\nThe answer is: 4\n\n### "
+    assert truncate_at_stop("Response: x Instruction", stop) == ""
+
+
+def test_backend_choice(monkeypatch):
+    import importlib.util
+
+    from eval.backends import choose_backend, make_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_backend("auto") == "hf"
+    with pytest.raises(ValueError, match="unknown backend 'tgi'"):
+        choose_backend("tgi")
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match=r"pip install -e \.\[vllm\]"):
+            make_backend("vllm", "unused")

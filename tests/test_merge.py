@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from abba.merge import MergeError, main, merge
 from conftest import tiny_model
-from eval_helpers import abba_run, lora_run
+from eval_helpers import abba_run, lora_run, one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROBE = ["The answer is: 18", "Please answer the following question with true or false, question: is the sky blue?"]
 
@@ -67,3 +69,13 @@ def test_occupied_output_folder_is_refused(tokenizer, tmp_path):
     with pytest.raises(MergeError, match="already exists"):
         merge(tmp_path / "run" / "final", tmp_path / "merged")
     assert [p.name for p in (tmp_path / "merged").iterdir()] == ["keep.txt"]
+
+
+def test_full_finetune_folder_is_resaved(tokenizer, tmp_path):
+    model = tiny_model(seed=7)
+    model.save_pretrained(tmp_path / "final")
+    tokenizer.save_pretrained(tmp_path / "final")
+    info = merge(tmp_path / "final", tmp_path / "merged")
+    assert info["kind"] == "full"
+    resaved = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    torch.testing.assert_close(_logits(resaved, tokenizer), _logits(model, tokenizer), atol=0, rtol=0)

@@ -31,7 +31,8 @@ def test_experiment_files_cover_both_tables():
     methods = ["full", "lora", "rslora", "pissa", "dora", "hira", "abba_r16", "abba_r32"]
     expected = {f"t1_{m}_{x}" for m in ("llama3_2_1b", "llama3_2_3b") for x in methods}
     expected |= {f"t2_{m}_{x}" for m in ("mistral_7b", "gemma2_9b") for x in methods}
-    assert expected | {"smoke_arithmetic", "smoke_commonsense"} == set(EXPERIMENTS)
+    assert expected | {"smoke_arithmetic", "smoke_commonsense"} <= set(EXPERIMENTS)
+    assert {n for n in EXPERIMENTS if n.startswith(("t1_", "t2_"))} == expected
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

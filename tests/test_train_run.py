@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import model_cfg, tiny_model
 from safetensors.torch import load_file
-from train_helpers import compose_train, run_train, snapshot
+from train_helpers import compose_train, run_train, single_thread, snapshot
 
 from abba import load_abba_model
 
@@ -25,7 +25,8 @@ def smoke_run(shared_data, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     cfg = compose_train("experiment=smoke_arithmetic", f"output_dir={run_dir}", f"paths.data_dir={shared_data}")
-    loss, model = fit(cfg)
+    with single_thread():
+        loss, model = fit(cfg)
     return run_dir, model, loss
 
 

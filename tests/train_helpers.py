@@ -6,7 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from abba.modeling import REPO_ROOT
 
@@ -38,8 +41,20 @@ def run_train(args: list[str], data_dir: Path, cwd: Path, nproc: int = 1, timeou
     else:
         cmd = [sys.executable, "-m", "abba.train", *args]
     env = train_env(data_dir)
-    env["OMP_NUM_THREADS"] = "1" if nproc > 1 else env.get("OMP_NUM_THREADS", "2")
+    # One thread per process: on a busy 2-core machine OpenMP's spinning threads make a tiny model 5x slower.
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def single_thread():
+    """torch on one intra-op thread for an in-process run (see run_train), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def snapshot(folder: Path) -> dict:

@@ -31,17 +31,24 @@ def synchronize(device: str) -> None:
 
 def time_round_robin(steps: Mapping[str, Step], repeats: int, warmup: int, device: str,
                      desc: str = "timing") -> dict[str, dict[str, float | list[float]]]:
-    """{case: {"median_s", "min_s", "samples_s"}}: each round runs every case once, in order."""
+    """{case: {"median_s", "min_s", "samples_s", "cpu_median_s"}}: each round runs every case once, in order.
+
+    `cpu_median_s` is the process CPU time per step (all threads): on a CPU shared with other jobs it does not
+    count the time the step waited for a core, so its ratios are steadier than wall-clock ones.
+    """
     samples: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in tqdm(range(warmup + repeats), desc=desc, leave=False):
         for name, step in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             synchronize(device)
             if round_index >= warmup:
                 samples[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s} for name, s in samples.items()}
+                cpu[name].append(time.process_time() - start_cpu)
+    return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s,
+                   "cpu_median_s": statistics.median(cpu[name])} for name, s in samples.items()}
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:

@@ -7,7 +7,7 @@ import gc
 import os
 import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -57,8 +57,19 @@ def _layer_kind(spec: Mapping[str, Any]) -> tuple[str, int, int]:
     return spec["method"], int(spec.get("r", 0)), 0
 
 
-def bench_layers(s: dict[str, Any], dtype: torch.dtype, peak: float) -> list[dict[str, Any]]:
-    rows = []
+def set_floor(rows: list[dict[str, Any]], gemm_peak: dict[str, float]) -> None:
+    """floor_s and measured_over_floor at the best matmul throughput seen in this run: the square GEMM's, or a
+    frozen layer's (pure GEMMs too) when one ran faster, so that the floor is never below what was achieved."""
+    frozen = [r["floor_flops"] / r["min_s"] for r in rows if r["case"] == "frozen"]
+    gemm_peak["used_flops_per_s"] = peak = max([gemm_peak["best_flops_per_s"], *frozen])
+    for r in rows:
+        r["floor_s"] = r["floor_flops"] / peak
+        r["measured_over_floor"] = r["median_s"] / r["floor_s"]
+
+
+def bench_layers(s: dict[str, Any], dtype: torch.dtype, peak: dict[str, float], rows: list[dict[str, Any]],
+                 on_progress: Callable[[], None]) -> None:
+    """Append one row per (shape, case) to `rows`, calling `on_progress` after every shape."""
     layer = s["layer"]
     shapes = layer["shapes"]
     unknown = set(layer["only"] or ()) - set(shapes)
@@ -74,13 +85,12 @@ def bench_layers(s: dict[str, Any], dtype: torch.dtype, peak: float) -> list[dic
             memory = peak_step_bytes(case.step, case.resident(), s["device"])
             kind, r, r2 = _layer_kind(spec)
             flops = layer_flops(kind, layer["tokens"], d_in, d_out, r, r2, case.info.get("forward_mode", ""))
-            floor_s = flops / peak
             rows.append({"shape": shape_name, "d_in": d_in, "d_out": d_out, "tokens": layer["tokens"], "case": case.name,
-                         **case.info, **timing[case.name], **memory, "floor_flops": flops, "floor_s": floor_s,
-                         "measured_over_floor": timing[case.name]["median_s"] / floor_s})
+                         **case.info, **timing[case.name], **memory, "floor_flops": flops})
+        set_floor(rows, peak)
         del cases
         gc.collect()
-    return rows
+        on_progress()
 
 
 def bench_model(s: dict[str, Any], dtype: torch.dtype) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -116,25 +126,33 @@ def run_benchmark(cfg: DictConfig) -> Path:
     unknown = set(s["parts"]) - {"layer", "model"}
     if unknown:
         raise ValueError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use layer and/or model")
-    layer_rows = bench_layers(s, dtype, peak["best_flops_per_s"]) if "layer" in s["parts"] else []
-    model_rows, model_context = bench_model(s, dtype) if "model" in s["parts"] else ([], {})
-    result = {
-        "device": s["device"], "dtype": s["dtype"], "quick": s["quick"], "started_utc": started.isoformat(),
-        "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(), "git_commit": git_commit(),
-        "packages": package_versions(), "machine": machine_info(s["device"]),
-        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-        "settings": {k: s[k] for k in ("parts", "repeats", "warmup", "seed", "gemm_size", "threads")},
-        "timing_method": "wall clock per step (CUDA synchronized), cases interleaved round-robin, median of repeats "
-                         "after warm-up (min and samples kept)",
-        "memory_method": MEMORY_METHOD[s["device"]],
-        "gemm_peak": peak,
-        "layer": layer_rows,
-        "model": {"context": model_context, "cases": model_rows},
-        "merged_inference": "zero overhead by construction: merge_and_unload() folds s (B1 A1) ⊙ (B2 A2) into W0, "
-                            "leaving plain nn.Linear layers, so the merged model is the base architecture itself",
-    }
     out_dir = Path(s["out_dir"])
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
     stem = f"{s['device']}-{started.date().isoformat()}" + ("-quick" if s["quick"] else "")
-    return write_report(result, out_dir, stem, s["baseline_case"])
+    result = {
+        "device": s["device"], "dtype": s["dtype"], "quick": s["quick"], "started_utc": started.isoformat(),
+        "finished_utc": None, "git_commit": git_commit(), "packages": package_versions(),
+        "machine": machine_info(s["device"]), "load_average": {"before": list(load_before), "after": None},
+        "settings": {k: s[k] for k in ("parts", "repeats", "warmup", "seed", "gemm_size", "threads")},
+        "timing_method": "wall clock per step (CUDA synchronized), cases interleaved round-robin, median of repeats "
+                         "after warm-up (min and samples kept); cpu_median_s: process CPU time per step",
+        "memory_method": MEMORY_METHOD[s["device"]],
+        "gemm_peak": peak,
+        "layer": [],
+        "model": {"context": {}, "cases": []},
+        "merged_inference": "zero overhead by construction: merge_and_unload() folds s (B1 A1) ⊙ (B2 A2) into W0, "
+                            "leaving plain nn.Linear layers, so the merged model is the base architecture itself",
+    }
+
+    def save() -> Path:  # after every part, so an interrupted run keeps what it measured
+        result["load_average"]["after"] = list(os.getloadavg())
+        result["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        return write_report(result, out_dir, stem, s["baseline_case"])
+
+    if "model" in s["parts"]:
+        result["model"]["cases"], result["model"]["context"] = bench_model(s, dtype)
+        save()
+    if "layer" in s["parts"]:
+        bench_layers(s, dtype, peak, result["layer"], save)
+    return save()

@@ -55,7 +55,7 @@ class HFBackend:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         prompt_length = batch["input_ids"].shape[1]
         sampling = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p,
-                        top_k=decoding.top_k or None) if decoding.do_sample else \
+                        top_k=decoding.top_k) if decoding.do_sample else \
             dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         output = self.model.generate(
             **batch, max_new_tokens=decoding.max_new_tokens, use_cache=True, **sampling,

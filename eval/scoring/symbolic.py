@@ -47,6 +47,8 @@ def _worker(conn: Any) -> None:
 class SymbolicChecker:
     """One long-lived worker process; a timeout kills it and the next call starts another."""
 
+    _warm = False
+
     def __init__(self, timeout_s: float = 5.0):
         self.timeout_s = float(timeout_s)
         self.n_timeouts = 0
@@ -56,8 +58,10 @@ class SymbolicChecker:
         self._conn = None
 
     def _start(self) -> None:
-        import math_verify  # noqa: F401  (imported once here, so a forked worker starts warm)
-
+        if not SymbolicChecker._warm:  # parse once here (lazy grammar set-up, ~1 s) so forked workers start warm
+            logging.getLogger("math_verify").setLevel(logging.ERROR)
+            _equivalent("1", "1")
+            SymbolicChecker._warm = True
         parent, child = self._ctx.Pipe()
         self._process = self._ctx.Process(target=_worker, args=(child,), daemon=True)
         self._process.start()

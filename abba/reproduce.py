@@ -1,0 +1,150 @@
+"""The job list behind scripts/reproduce.sh: which experiments × seeds make up a paper table, which of them
+are trained / evaluated already, and the estimated GPU hours.
+
+    python -m abba.reproduce table1 --print plan                 # what `reproduce.sh table1 --dry-run` prints
+    python -m abba.reproduce table2 --print experiments          # t2_* names, comma-separated (for the multirun)
+    python -m abba.reproduce table1 --print eval-todo trainer=zero2   # finished runs whose evaluation is missing
+
+A table's experiments are configs/experiment/t1_*.yaml (table1) or t2_*.yaml (table2); each is composed with
+the given overrides (Hydra's compose API, as abba.train would) to learn its run folder and results folder:
+RUN = abba.run_folder.default_run_dir(...), results = <results_dir>/<experiment_name>/seed<k> (scripts/
+*_merge_eval.sh). Training is done when RUN/final/ exists; evaluation when RUN's results metrics.json holds
+every benchmark of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .modeling import REPO_ROOT
+from .run_folder import default_run_dir, is_finished
+from .tables import method_key
+
+#: Table 10 of paper v4: training wall time (h:mm:ss) of LoRA and ABBA on one A6000 48 GB, per model.
+PAPER_TRAIN_TIME = {"llama3_2_1b": ("2:42:17", "2:46:18"), "llama3_2_3b": ("6:05:43", "6:11:26"),
+                    "mistral_7b": ("1:15:55", "1:18:22"), "gemma2_9b": ("1:45:33", "1:49:45")}
+TABLE_PREFIX = {"table1": "t1_", "table2": "t2_"}
+TABLE_BENCHMARKS = {"table1": ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy",
+                               "ARC-Challenge", "openbookqa"), "table2": ("gsm8k", "math")}
+MERGE_EVAL_SCRIPT = {"table1": "scripts/cr_merge_eval.sh", "table2": "scripts/arithmetic_merge_eval.sh"}
+
+
+@dataclass
+class Job:
+    experiment: str
+    seed: int
+    model: str
+    method: str
+    run_dir: Path
+    results_dir: Path
+    hours: float | None
+    hours_source: str
+
+    @property
+    def trained(self) -> bool:
+        return is_finished(self.run_dir)
+
+    @property
+    def evaluated(self) -> bool:
+        metrics = self.results_dir / "metrics.json"
+        if not metrics.is_file():
+            return False
+        try:
+            done = json.loads(metrics.read_text())
+        except json.JSONDecodeError:
+            return False
+        table = "table1" if self.experiment.startswith("t1_") else "table2"
+        return all(b in done for b in TABLE_BENCHMARKS[table])
+
+
+def hours(hms: str) -> float:
+    h, m, s = (int(x) for x in hms.split(":"))
+    return h + m / 60 + s / 3600
+
+
+def estimate_hours(model: str, method: str) -> tuple[float | None, str]:
+    """Training GPU hours from paper v4 Table 10; methods other than LoRA/ABBA borrow LoRA's (an estimate)."""
+    if model not in PAPER_TRAIN_TIME:
+        return None, "no paper time"
+    lora, abba = PAPER_TRAIN_TIME[model]
+    if method.startswith("abba"):
+        return hours(abba), "Table 10, ABBA"
+    if method == "lora":
+        return hours(lora), "Table 10, LoRA"
+    return hours(lora), "LoRA's Table 10 time (paper gives none)"
+
+
+def table_experiments(table: str) -> list[str]:
+    if table not in TABLE_PREFIX:
+        raise SystemExit(f"error: unknown table {table!r}; tables: {', '.join(TABLE_PREFIX)}")
+    return sorted(p.stem for p in (REPO_ROOT / "configs" / "experiment").glob(f"{TABLE_PREFIX[table]}*.yaml"))
+
+
+def plan(table: str, seeds: list[int], overrides: list[str], results_root: str = "results") -> list[Job]:
+    """One Job per experiment × seed, composed as `python -m abba.train experiment=E seed=S resume=true
+    <overrides>` would be."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    jobs = []
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        for experiment in table_experiments(table):
+            # The seed changes only the run folder's name, so one composition serves every seed.
+            base = [f"experiment={experiment}", "resume=true", *overrides]
+            cfg = compose("train", overrides=[o for o in base if not o.startswith(("hydra/", "hydra."))])
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            model, method, name = resolved["model"]["name"], method_key(resolved), resolved["experiment_name"]
+            est, source = estimate_hours(model, method)
+            for seed in seeds:
+                task = [f"seed={seed}", *base]
+                run_dir = Path(resolved["output_dir"] or default_run_dir(resolved["paths"]["output_root"], name,
+                                                                        seed, task))
+                jobs.append(Job(experiment, seed, model, method, run_dir,
+                                Path(results_root) / name / f"seed{seed}", est, source))
+    return jobs
+
+
+def print_plan(table: str, jobs: list[Job]) -> None:
+    print(f"# {table}: {len(jobs)} training jobs (experiment x seed), each then merged and evaluated on "
+          f"{', '.join(TABLE_BENCHMARKS[table])}")
+    for job in jobs:
+        est = f"~{job.hours:.2f} GPU-h ({job.hours_source})" if job.hours is not None else "GPU-h unknown"
+        print(f"job {job.experiment} seed={job.seed} model={job.model} method={job.method} "
+              f"train={'done' if job.trained else 'todo'} eval={'done' if job.evaluated else 'todo'} "
+              f"run={job.run_dir} {est}")
+    total = sum(j.hours or 0.0 for j in jobs)
+    left = sum(j.hours or 0.0 for j in jobs if not j.trained)
+    print(f"# estimated training time: {total:.1f} GPU-hours in all, {left:.1f} still to train "
+          f"(ESTIMATES from paper v4 Table 10 wall times on one A6000 48 GB; methods other than LoRA/ABBA use "
+          f"LoRA's time; evaluation not included)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=sorted(TABLE_PREFIX))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--print", dest="what", default="plan",
+                        choices=("plan", "experiments", "train-todo", "eval-todo", "merge-eval-script"))
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.what == "experiments":
+        print(",".join(table_experiments(args.table)))
+        return
+    if args.what == "merge-eval-script":
+        print(MERGE_EVAL_SCRIPT[args.table])
+        return
+    jobs = plan(args.table, [int(s) for s in args.seeds.split(",")], overrides, args.results_dir)
+    if args.what == "plan":
+        print_plan(args.table, jobs)
+    else:  # one run folder a line; nothing at all when there is none
+        todo = [j for j in jobs if (not j.trained if args.what == "train-todo" else j.trained and not j.evaluated)]
+        for job in todo:
+            print(job.run_dir)
+
+
+if __name__ == "__main__":
+    main()
