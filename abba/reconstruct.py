@@ -288,4 +288,7 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
+    from .hydra_check import exit_on_bad_command_line
+
+    exit_on_bad_command_line(REPO_ROOT / "configs", "reconstruct")
     main()

@@ -251,4 +251,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from .hydra_check import exit_on_bad_command_line
+
+    exit_on_bad_command_line(REPO_ROOT / "configs", "train")
     main()

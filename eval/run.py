@@ -133,4 +133,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from abba.hydra_check import exit_on_bad_command_line
+
+    exit_on_bad_command_line(REPO_ROOT / "configs", "eval")
     main()
