@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline, small, on a CPU: no GPU, no Hugging Face Hub, nothing downloaded but the Python packages.
-#   bash scripts/quickstart.sh           # ~15 min on 2 cores the first time (installing .venv), then ~4 min
+#   bash scripts/quickstart.sh           # ~1.5 min on 2 cores, plus ~2 min the first time to install .venv
 # Steps: .venv + CPU extras (scripts/setup_venv.sh); the quick reconstruction experiment (paper Fig. 2, small);
 # synthetic arithmetic word problems in GSM8K's format (2000 train / 100 held-out, abba/synthetic.py); ABBA and
 # LoRA fine-tuning of a tiny random Llama on them (configs/experiment/quickstart_{abba,lora}.yaml); merge;
