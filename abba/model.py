@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -81,7 +82,17 @@ class ABBAModel(nn.Module):
 
     # --------------------------------------------------------------- merge
     def merge_adapter(self, safe_merge: bool = False) -> None:
-        for _, layer in self.abba_layers():
+        """Fold every adapter into its base weight. safe_merge=True checks every update first, so a broken adapter
+        leaves the whole model unmerged rather than half merged."""
+        pending = [(name, layer) for name, layer in self.abba_layers() if not layer.merged]
+        if not pending:
+            warnings.warn("ABBA adapters are already merged; merging again would apply dW twice. Skipping.")
+            return
+        if safe_merge:
+            for name, layer in pending:
+                if not torch.isfinite(layer.get_delta_weight()).all():
+                    raise ValueError(f"NaN or inf in the ABBA update of {name}: refusing to merge")
+        for _, layer in pending:
             layer.merge(safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
@@ -91,13 +102,9 @@ class ABBAModel(nn.Module):
     def merge_and_unload(self, safe_merge: bool = True) -> nn.Module:
         """Fold every adapter into its base weight and return the plain model (the adapters are gone)."""
         layers = list(self.abba_layers())
-        if safe_merge:
-            for name, layer in layers:
-                if not torch.isfinite(layer.get_delta_weight()).all():
-                    raise ValueError(f"NaN or inf in the ABBA update of {name}: refusing to merge")
+        if not all(layer.merged for _, layer in layers):
+            self.merge_adapter(safe_merge=safe_merge)
         for name, layer in layers:
-            if not layer.merged:
-                layer.merge()
             _set_submodule(self.model, name, layer.base_layer)
         return self.model
 

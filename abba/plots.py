@@ -13,7 +13,7 @@ from typing import Any
 
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -22,7 +22,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG)."""
     import os
 
@@ -37,7 +37,7 @@ def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, t
     summary column (Avg for Table 1, each benchmark for Table 2). Methods without our runs get no ours-bar."""
     from .tables import BENCHMARK_LABELS  # here, not at the top: abba.tables imports this module lazily
 
-    plt = _pyplot()
+    plt = pyplot()
     columns = ["avg"] if spec["avg"] else spec["benchmarks"]
     panels = [(model, col) for model in blocks for col in columns]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(max(4.5 * len(panels), 5), 4), squeeze=False)
@@ -64,7 +64,7 @@ def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, t
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -83,7 +83,7 @@ def read_losses(metrics_jsonl: Path) -> tuple[list[int], list[float]]:
 
 def loss_curve(runs: dict[str, Path], path: Path, title: str = "training loss") -> Path:
     """One line per run: `runs` maps a legend label to a run folder (or its metrics.jsonl)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, run in runs.items():
         run = Path(run)
@@ -96,7 +96,7 @@ def loss_curve(runs: dict[str, Path], path: Path, title: str = "training loss") 
     ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

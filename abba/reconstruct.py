@@ -239,9 +239,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """One panel per matrix: relative error against LoRA rank r (= parameters / (rows + cols)), a line per method."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(r["matrix"] for r in rows))
     style = {"abba": dict(marker="o", color="#d62728", label="ABBA (r1 = r2 = r/2), fitted"),
              "lora": dict(marker="s", color="#1f77b4", label="LoRA (rank r), fitted"),
@@ -265,7 +265,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -2,7 +2,8 @@
 
 * `AdapterTrainer` saves only the adapter for an `abba.ABBAModel` (adapter_config.json +
   adapter_model.safetensors; optimizer/scheduler/RNG state come from the Trainer as usual) and restores it on
-  `resume_from_checkpoint`. peft baselines and full fine-tuning use the Trainer's own save/load.
+  `resume_from_checkpoint`; under DeepSpeed its checkpoints leave the frozen base out, as they do for peft.
+  peft baselines and full fine-tuning use the Trainer's own save/load.
 * `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl.
 * `InterruptCallback` raises after a chosen checkpoint is written, to test resume=true.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,8 +52,37 @@ def load_abba_adapter_into(model: ABBAModel, adapter_dir: str | Path) -> None:
     model.model.load_state_dict(saved, strict=False)
 
 
+@contextmanager
+def _abba_counts_as_peft():
+    """Let transformers treat an ABBAModel as it treats a peft model where DeepSpeed checkpoints are concerned.
+
+    The Trainer asks `_is_peft_model` whether a DeepSpeed checkpoint may leave the frozen parameters out
+    (`save_checkpoint(exclude_frozen_parameters=True)`), whether resuming may load it non-strictly, and whether
+    the final ZeRO-3 save may gather the trainable parameters only. Without this each checkpoint of a
+    Mistral-7B run would carry the whole 14 GB base model. (DeepSpeed drops frozen parameters by name, so a
+    tied output embedding, as in Llama-3.2 and Gemma-2, is still saved once.) ABBAModel has `get_base_model()`, the one other
+    thing the Trainer's peft branches use during training.
+    """
+    import transformers.trainer as hf_trainer
+
+    original = hf_trainer._is_peft_model
+    hf_trainer._is_peft_model = lambda model: isinstance(model, ABBAModel) or original(model)
+    try:
+        yield
+    finally:
+        hf_trainer._is_peft_model = original
+
+
 class AdapterTrainer(Trainer):
     """Trainer whose checkpoints of an ABBAModel hold the adapter only."""
+
+    def train(self, *args, **kwargs):
+        with _abba_counts_as_peft():
+            return super().train(*args, **kwargs)
+
+    def save_model(self, *args, **kwargs):
+        with _abba_counts_as_peft():
+            return super().save_model(*args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not isinstance(self.model, ABBAModel):

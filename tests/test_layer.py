@@ -191,3 +191,24 @@ def test_config_round_trips_through_json(tmp_path):
     assert ABBAConfig.load(tmp_path) == cfg
     assert ABBAConfig(r1=16, r2=16, alpha=32).scale == pytest.approx(32**2 / 16)
     assert ABBAConfig(r1=16, r2=16, alpha=32, scaling="official").scale == 32
+
+
+@pytest.mark.parametrize("forward", ["khatri_rao", "dense"])
+def test_every_gradient_of_the_layer_matches_float64_autograd(forward):
+    """Through the eager path training uses (update added in place into the frozen output): the gradients of x,
+    W0, the bias and the four factors all equal float64 autograd of W0 x + b + s ((B1 A1) ⊙ (B2 A2)) x."""
+    layer = random_layer(forward=forward)
+    layer.base_layer.requires_grad_(True)
+    x = torch.randn(2, 7, 48, requires_grad=True)
+    g = torch.randn(2, 7, 40)
+    (layer(x) * g).sum().backward()
+    names = ("base_layer.weight", "base_layer.bias", "abba_B1", "abba_A1", "abba_B2", "abba_A2")
+    params = dict(layer.named_parameters())
+    ref = {n: params[n].detach().double().requires_grad_() for n in names}
+    x64 = x.detach().double().requires_grad_()
+    dW = layer.scaling * (ref["abba_B1"] @ ref["abba_A1"]) * (ref["abba_B2"] @ ref["abba_A2"])
+    y = x64 @ (ref["base_layer.weight"] + dW).t() + ref["base_layer.bias"]
+    (y * g.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    for n in names:
+        torch.testing.assert_close(params[n].grad.double(), ref[n].grad, rtol=1e-5, atol=1e-5, msg=n)

@@ -91,6 +91,16 @@ def test_non_finite_factors_make_safe_merge_raise():
         layer.abba_A1[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         model.merge_and_unload()
+    # a broken last layer: nothing is merged, not even the healthy layers before it
+    model = randomized_abba()
+    layers = [layer for _, layer in model.abba_layers()]
+    weights = [layer.base_layer.weight.clone() for layer in layers]
+    with torch.no_grad():
+        layers[-1].abba_B2[-1, -1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.merge_adapter(safe_merge=True)
+    assert not any(layer.merged for layer in layers)
+    assert all(torch.equal(layer.base_layer.weight, w) for layer, w in zip(layers, weights))
 
 
 @pytest.mark.parametrize("merged", [False, True])

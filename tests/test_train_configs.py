@@ -131,6 +131,9 @@ def test_official_code_toggle_applies_the_released_code_deviations():
     cr = _compose("experiment=t1_llama3_2_1b_abba_r32")
     apply_official_code(cr)
     assert cr.data.official_indent is True and cr.peft.dropout == 0.0
+    lora = _compose("experiment=t1_llama3_2_1b_lora")  # a baseline keeps its dropout (item 4 is about ABBA's layer)
+    apply_official_code(lora)
+    assert (lora.peft.r, lora.peft.dropout, lora.peft.weight_decay) == (32, 0.05, 0.01)
 
 
 def test_run_folder_name_comes_from_experiment_seed_and_learning_overrides():
