@@ -128,7 +128,8 @@ class KhatriRaoUpdate(torch.autograd.Function):
     """s * (x A*^T) B*^T with A* = kr_rows(A1, A2), B* = kr_cols(B1, B2); saves x and h = x A*^T only.
 
     A* and B* (r1 r2 (d_in + d_out) numbers) are rebuilt in the backward rather than kept, so the activation
-    memory is that of a rank-r1 r2 LoRA: x (shared with the frozen layer) and h (tokens x r1 r2).
+    memory is that of a rank-r1 r2 LoRA: x (shared with the frozen layer unless a dtype cast or dropout makes
+    a copy, as in peft's LoRA) and h (tokens x r1 r2).
     """
 
     @staticmethod
@@ -144,8 +145,8 @@ class DenseUpdate(torch.autograd.Function):
     """s * x dW^T with dW = (B1 A1) ⊙ (B2 A2); same arguments as KhatriRaoUpdate, saves x and the factors only.
 
     Plain autograd would keep B1 A1, B2 A2 and dW (three d_out x d_in matrices per layer) from the forward to
-    the backward; here they are rebuilt in the backward (2 r d_in d_out extra multiply-adds, small next to the
-    tokens x d_in x d_out products), so a dense-mode layer holds no extra activation memory.
+    the backward; here they are rebuilt in the backward ((r1 + r2) d_in d_out extra multiply-adds, small next to
+    the tokens x d_in x d_out products), so a dense-mode layer holds no extra activation memory.
     """
 
     @staticmethod
@@ -249,7 +250,7 @@ class ABBALinear(nn.Module):
         """B1 = U sqrt(S), A1 = sqrt(S) V^T from a rank-r1 truncated SVD of W0, in float32."""
         with _gathered(self.base_layer.weight) as w:
             W = w.detach().float()
-            q = min(self.r1 + 8, *W.shape)  # oversampling makes the randomized sketch near-exact
+            q = min(self.r1 + 8, *W.shape)  # oversampling: near-exact for decaying spectra, near-optimal fit otherwise
             devices = [W.device] if W.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)

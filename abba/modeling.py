@@ -78,8 +78,8 @@ def build_model(model_cfg: Mapping[str, Any], dtype: str | torch.dtype | None = 
 
 
 def load_tokenizer(model_cfg: Mapping[str, Any] | str | Path):
-    """The model entry's tokenizer (falls back to `name_or_path`); pads on the left for generation callers
-    to switch as needed, and always has a pad token."""
+    """The model entry's tokenizer (falls back to `name_or_path`), always with a pad token; the padding side is
+    the tokenizer's own (generation callers set left padding themselves)."""
     from transformers import AutoTokenizer
 
     if isinstance(model_cfg, (str, Path)):

@@ -18,17 +18,23 @@ from omegaconf import OmegaConf
 from abba.run_folder import write_atomic
 
 from .benchmarks import BENCHMARKS
+from .run import SCORING_OPTIONS, load_config, score_record
 
-OPTIONS = {"gsm8k_round_prediction": True, "math_exception_correct": False, "math_timeout_s": 5.0}
+
+def default_options() -> dict:
+    """The scoring options' defaults, from configs/eval.yaml."""
+    cfg = load_config()
+    return {k: cfg[k] for k in SCORING_OPTIONS}
 
 
 def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **options) -> float:
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {sorted(BENCHMARKS)}")
     records = [json.loads(line) for line in Path(input_path).read_text().splitlines() if line.strip()]
-    scorer = BENCHMARKS[benchmark].make_scorer({**OPTIONS, **options})
+    options = {**default_options(), **options}
+    scorer = BENCHMARKS[benchmark].make_scorer(options)
     try:
-        rescored = [{**record, **scorer.score(record["completion"], record["gold"])} for record in records]
+        rescored = [score_record(scorer, record, options) for record in records]
     finally:
         scorer.close()
     write_atomic(Path(output_path), "".join(json.dumps(r) + "\n" for r in rescored))
@@ -41,10 +47,10 @@ def main(argv: list[str]) -> None:
     if missing:
         sys.exit(f"eval.rescore: missing {', '.join(k + '=' for k in missing)} "
                  "(usage: python -m eval.rescore benchmark=NAME input=FILE output=FILE2)")
-    unknown = sorted(set(args) - {"benchmark", "input", "output"} - set(OPTIONS))
+    unknown = sorted(set(args) - {"benchmark", "input", "output"} - set(SCORING_OPTIONS))
     if unknown:
-        sys.exit(f"eval.rescore: unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
-    options = {k: args[k] for k in OPTIONS if k in args}
+        sys.exit(f"eval.rescore: unknown option(s) {unknown}; known: {sorted(SCORING_OPTIONS)}")
+    options = {k: args[k] for k in SCORING_OPTIONS if k in args}
     accuracy = rescore(str(args["benchmark"]), args["input"], args["output"], **options)
     print(f"accuracy={accuracy}")
 

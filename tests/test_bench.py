@@ -107,8 +107,10 @@ def test_floor_formula_matches_the_matmuls_the_layer_runs(mode):
     assert counter.get_total_flops() == layer_flops("abba", T, d_in, d_out, r1, r2, mode)
 
 
-def test_floor_formula_matches_peft_lora_matmuls():
-    from peft import LoraConfig, get_peft_model
+@pytest.mark.parametrize("kind", ["lora", "dora", "loha", "hira"])
+def test_floor_formula_matches_peft_matmuls(kind):
+    """The formulas for peft's adapters against the matmul FLOPs torch counts in peft's own forward + backward."""
+    from peft import HiraConfig, LoHaConfig, LoraConfig, get_peft_model
 
     class One(nn.Module):
         def __init__(self):
@@ -118,11 +120,15 @@ def test_floor_formula_matches_peft_lora_matmuls():
         def forward(self, x):
             return self.lin(x)
 
-    model = get_peft_model(One(), LoraConfig(r=4, lora_alpha=8, target_modules=["lin"]))
+    config = {"lora": LoraConfig(r=4, lora_alpha=8, target_modules=["lin"]),
+              "dora": LoraConfig(r=4, lora_alpha=8, target_modules=["lin"], use_dora=True),
+              "loha": LoHaConfig(r=4, alpha=8, target_modules=["lin"]),
+              "hira": HiraConfig(r=4, target_modules=["lin"])}[kind]
+    model = get_peft_model(One(), config)
     x = torch.randn(8, 48, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
-    assert counter.get_total_flops() == layer_flops("lora", 8, 48, 40, 4)
+    assert counter.get_total_flops() == layer_flops(kind, 8, 48, 40, 4)
 
 
 @pytest.mark.slow

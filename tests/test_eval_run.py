@@ -136,3 +136,35 @@ def test_backend_choice(monkeypatch):
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ImportError, match=r"pip install -e \.\[vllm\]"):
             make_backend("vllm", "unused")
+
+
+def _hand_written_gsm8k(tmp_path, model_path):
+    """Three GSM8K items and a samples file for them, as a finished earlier run of `model_path` left it."""
+    data = tmp_path / "gsm8k.jsonl"
+    golds = ["3", "10", "7"]
+    data.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"work\n#### {g}"}) + "\n"
+                            for i, g in enumerate(golds)))
+    out = tmp_path / "out"
+    out.mkdir()
+    completions = ["The answer is: 2.6", "The answer is: 10", "The answer is: 6.9"]  # rounding makes 1 and 3 right
+    (out / "samples_gsm8k.jsonl").write_text("".join(json.dumps(
+        {"id": str(i), "prompt": f"q{i}?", "completion": c, "prediction": None, "gold": g, "correct": False,
+         "model_path": str(model_path)}) + "\n" for i, (c, g) in enumerate(zip(completions, golds))))
+    return data, out
+
+
+def test_rerun_rescores_saved_completions_with_the_current_options(merged_model, tmp_path, generated):
+    data, out = _hand_written_gsm8k(tmp_path, merged_model.resolve())
+    args = ("benchmark=gsm8k", f"data_file={data}")
+    rounded = evaluate(_config(merged_model, out, *args))["gsm8k"]
+    assert generated == [] and rounded["accuracy"] == pytest.approx(3 / 3)  # round(2.6) = 3, round(6.9) = 7
+    exact = evaluate(_config(merged_model, out, *args, "gsm8k_round_prediction=false"))["gsm8k"]
+    assert generated == [] and exact["accuracy"] == pytest.approx(1 / 3) and not exact["scoring"]["gsm8k_round_prediction"]
+    assert [r["correct"] for r in _lines(out / "samples_gsm8k.jsonl")] == [False, True, False]
+
+
+def test_samples_of_another_model_are_refused(merged_model, tmp_path, generated):
+    data, out = _hand_written_gsm8k(tmp_path, tmp_path / "some_other_model")
+    with pytest.raises(ValueError, match="some_other_model"):
+        evaluate(_config(merged_model, out, "benchmark=gsm8k", f"data_file={data}"))
+    assert generated == [] and not (out / "metrics.json").exists()

@@ -42,6 +42,9 @@ def test_gsm8k_every_gold_parses_and_scores(shared_data):
     ("The answer is: $18.00", Fraction(18)),
     ("The answer is: 3/4", Fraction(3, 4)),
     ("The answer is: .5", Fraction(1, 2)),
+    ("The answer is: 12 / 3 = 4", Fraction(12)),           # no spaces inside a fraction, as the official regex
+    ("The answer is: 3/0", Fraction(3)),                    # official: a zero denominator gives the numerator
+    ("The answer is: 2,5", Fraction(2)),                    # not a thousands separator: the number ends there
 ])
 def test_gsm8k_number_extraction(completion, expected):
     assert parse_number(extract_prediction(completion)) == expected

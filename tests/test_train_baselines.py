@@ -42,7 +42,11 @@ def test_baseline_trains_and_reloads(method, shared_data, tmp_path):
     ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
     model.eval(), reloaded.eval()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        trained = model(input_ids=ids).logits
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+        # two optimizer steps moved the model away from the untrained base (an adapter that never trained,
+        # e.g. LoRA's B stuck at 0, would reload "correctly" too)
+        assert (trained - tiny_model("tiny_llama", seed=0)(input_ids=ids).logits).abs().max() > 1e-4
 
 
 def test_pissa_init_splits_w0_into_residual_plus_adapter():

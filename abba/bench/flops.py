@@ -4,7 +4,7 @@ Counts are for x (T x d_in) through a frozen d_out x d_in layer whose input grad
 layer but the first), with the adapter's matmuls on top; elementwise work is left out. `dd` = d_in d_out.
   frozen        fwd 2 T dd, input grad 2 T dd                                       = 4 T dd
   LoRA r        + 6 T r (d_in + d_out)      (fwd 2, bwd: dL/dh, dL/dx, dA, dB: 4)
-  DoRA r        + LoRA r + 2 r dd           (B A for the weight norm; peft detaches the norm)
+  DoRA r        + LoRA r + 2 r d_in (d_in + d_out)  (peft builds B A as B(A(I)) for the weight norm, detached)
   ABBA KR r1 r2 + 6 T r1 r2 (d_in + d_out)  (a rank-r1 r2 LoRA; building A*, B* is elementwise)
   ABBA dense    + 6 T dd + 8 (r1 + r2) dd   (apply dW, dL/dx, dL/ddW; build B1 A1, B2 A2 twice, 4 factor grads)
   LoHa r        + 6 T dd + 16 r dd          (the same with r1 = r2 = r)
@@ -27,7 +27,7 @@ def layer_flops(kind: str, tokens: int, d_in: int, d_out: int, r: int = 0, r2: i
     if kind == "lora":
         return frozen + 6.0 * T * r * fan
     if kind == "dora":
-        return frozen + 6.0 * T * r * fan + 2.0 * r * dd
+        return frozen + 6.0 * T * r * fan + 2.0 * r * d_in * fan
     if kind == "abba":
         if mode == "khatri_rao":
             return frozen + 6.0 * T * r * r2 * fan

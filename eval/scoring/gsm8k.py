@@ -1,8 +1,10 @@
 """GSM8K: the number after the last "The answer is: " against the number after "#### " in the gold solution.
 
-Follows the MetaMath/ABBA evaluator (prediction = first number after the last "The answer is: ", fractions a/b
-allowed, rounded to the nearest integer before comparing with the integer gold), with one deliberate fix: the
-official regex `[-+]?\\d*[.,/]?\\d+` reads "1,234,567" as 1234; here any run of thousands groups is one number.
+Follows the MetaMath/ABBA evaluator: the prediction is the first number after the last "The answer is: ", a
+fraction a/b (no spaces) is allowed, a zero denominator gives the numerator, and the value is rounded to the
+nearest integer before it is compared with the integer gold. Where the official regex `[-+]?\\d*[.,/]?\\d+`
+misreads a comma, this scorer differs on purpose: any run of thousands groups is one number ("1,234,567" is
+1234567, not 1234), and a comma that is not a thousands separator ends the number ("2,5" is 2, not 25).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from fractions import Fraction
 
 ANSWER_MARKER = "The answer is: "
 _UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-NUMBER = re.compile(rf"[-+]?{_UNSIGNED}(?:\s*/\s*[-+]?{_UNSIGNED})?")
+NUMBER = re.compile(rf"[-+]?{_UNSIGNED}(?:/{_UNSIGNED})?")
 
 
 def parse_number(text: str) -> Fraction | None:
-    """'1,234.5' -> 2469/2, '3/4' -> 3/4, '-7' -> -7; None when not a number or a zero denominator."""
+    """'1,234.5' -> 2469/2, '3/4' -> 3/4, '-7' -> -7, '3/0' -> 3 (as the official code); None if not a number."""
     text = text.replace(",", "").replace(" ", "")
     try:
         if "/" in text:
             num, den = text.split("/")
-            return Fraction(num) / Fraction(den) if Fraction(den) != 0 else None
+            return Fraction(num) / Fraction(den) if Fraction(den) != 0 else Fraction(num)
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
         return None
