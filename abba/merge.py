@@ -27,7 +27,8 @@ import torch
 import yaml
 
 from .config import CONFIG_NAME
-from .modeling import REPO_ROOT, build_model, load_tokenizer, resolve_path, torch_dtype
+from .gguf_source import ModelSourceError
+from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, resolve_path, torch_dtype
 
 PROBE_TEXTS = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
@@ -93,7 +94,7 @@ def _entry_dtype(entry: dict[str, Any]) -> torch.dtype:
     """The entry's dtype; else a local model folder's saved dtype; else float32 (random init) / bfloat16."""
     if entry.get("dtype"):
         return torch_dtype(entry["dtype"])
-    if entry.get("random_init"):
+    if entry.get("random_init") or entry.get("source") == "gguf":  # GGUF: dequantized to float32 (gguf_source.py)
         return torch.float32
     config = Path(resolve_path(entry["name_or_path"])) / "config.json"
     saved = json.loads(config.read_text()) if config.is_file() else {}
@@ -147,6 +148,10 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
     target = torch_dtype(dtype) if dtype else _entry_dtype(entry)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
+    try:
+        check_model_source(entry)
+    except ModelSourceError as error:
+        raise MergeError(str(error)) from None
     tokenizer = _tokenizer(adapter_dir, entry)
     model = load_unmerged(adapter_dir, kind, entry, seed).to(device).eval()
     probe = {k: v.to(device) for k, v in tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True).items()}

@@ -1,12 +1,18 @@
 """Load base models and tokenizers from a `configs/model/*.yaml` entry (or a plain dict of the same keys).
 
-Every model file carries its architecture, so `random_init: true` builds the model with random weights and
-no download (tests, the CPU quickstart, GPU benchmarks without Hub access). Otherwise the weights come from
-`name_or_path` (Hub id or local folder) through transformers.
+An entry's `source` says where the weights come from:
+
+* `hub` (the default): `from_pretrained(name_or_path)`, a Hub id or a local folder;
+* `gguf`: the GGUF file its `gguf` block names, converted once to a cached plain folder (abba/gguf_source.py);
+* `random`: random weights from the entry's `architecture` block, nothing downloaded (tests, benchmarks).
+  `random_init: true` is the same and wins over `source`.
+
+`check_model_source` refuses an unusable source with one line before anything is loaded or written.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,14 +62,66 @@ def architecture_config(model_cfg: Mapping[str, Any]):
     return AutoConfig.for_model(model_type, **arch)
 
 
+SOURCES = ("hub", "gguf", "random")
+
+
+def model_source(model_cfg: Mapping[str, Any]) -> str:
+    cfg = _plain(model_cfg)
+    if cfg.get("random_init", False):
+        return "random"
+    source = cfg.get("source") or "hub"
+    if source not in SOURCES:
+        from .gguf_source import ModelSourceError
+
+        raise ModelSourceError(f"model.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    return source
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
+
+
+def check_model_source(model_cfg: Mapping[str, Any]) -> None:
+    """Raise ModelSourceError (one line) when the entry's weights cannot be had: a missing or wrong GGUF file, or a
+    Hub id that is neither cached nor reachable while the Hub is offline. Loads nothing."""
+    from .gguf_source import ModelSourceError, check_gguf
+
+    cfg = _plain(model_cfg)
+    source = model_source(cfg)
+    if source == "gguf":
+        check_gguf(cfg.get("gguf") or {})
+    elif source == "hub":
+        name = resolve_path(cfg["name_or_path"])
+        if Path(name).is_dir() or not _hub_offline():
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelSourceError(f"model.source=hub needs {name} from the Hugging Face Hub, which is offline "
+                                   f"(HF_HUB_OFFLINE=1) and has no cached copy; use a local folder"
+                                   f"{' or model.source=gguf' if cfg.get('gguf') else ''}")
+
+
+def pretrained_folder(model_cfg: Mapping[str, Any]) -> str:
+    """What `from_pretrained` loads for a hub or gguf entry: name_or_path, or the converted GGUF folder."""
+    cfg = _plain(model_cfg)
+    if model_source(cfg) == "gguf":
+        from .gguf_source import ensure_converted
+
+        return str(ensure_converted(cfg.get("gguf") or {}))
+    return resolve_path(cfg["name_or_path"])
+
+
 def build_model(model_cfg: Mapping[str, Any], dtype: str | torch.dtype | None = None, seed: int = 0,
                 device: str | torch.device | None = None, **from_pretrained_kwargs):
-    """A causal LM: random weights from `architecture` when `random_init`, else `from_pretrained(name_or_path)`."""
+    """A causal LM from a model entry (see the module docstring); raises ModelSourceError on an unusable source."""
     from transformers import AutoModelForCausalLM
 
     cfg = _plain(model_cfg)
     dtype = torch_dtype(dtype or cfg.get("dtype", "float32"))
-    if cfg.get("random_init", False):
+    if model_source(cfg) == "random":
         config = architecture_config(cfg)
         config.name_or_path = cfg.get("name_or_path") or cfg.get("name", "random")
         with torch.random.fork_rng(devices=[]):
@@ -72,9 +130,12 @@ def build_model(model_cfg: Mapping[str, Any], dtype: str | torch.dtype | None = 
         if device is not None:
             model.to(device)
         return model
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_path(cfg["name_or_path"]), dtype=dtype, device_map=device, **from_pretrained_kwargs
-    )
+    check_model_source(cfg)
+    model = AutoModelForCausalLM.from_pretrained(pretrained_folder(cfg), dtype=dtype, device_map=device,
+                                                 **from_pretrained_kwargs)
+    if model_source(cfg) == "gguf" and cfg.get("name_or_path"):
+        model.config.name_or_path = cfg["name_or_path"]  # adapters record the model's name, not a cache path
+    return model
 
 
 def load_tokenizer(model_cfg: Mapping[str, Any] | str | Path):
@@ -86,7 +147,7 @@ def load_tokenizer(model_cfg: Mapping[str, Any] | str | Path):
         source = str(model_cfg)
     else:
         cfg = _plain(model_cfg)
-        source = cfg.get("tokenizer") or cfg["name_or_path"]
+        source = cfg.get("tokenizer") or (pretrained_folder(cfg) if model_source(cfg) == "gguf" else cfg["name_or_path"])
     tok = AutoTokenizer.from_pretrained(resolve_path(source))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -1,4 +1,5 @@
-"""Figures: ours-vs-paper bar charts of the tables, and training-loss curves from RUN/metrics.jsonl.
+"""Figures: ours-vs-paper bar charts of the tables, the mini table's accuracy/NLL panels, and training-loss
+curves from RUN/metrics.jsonl.
 
     python -m abba.tables results_dir=results output_dir=results/tables           # writes the bar charts too
     python -m abba.plots loss_curve out=loss.png ABBA=outputs/x/seed0 LoRA=outputs/y/seed0
@@ -64,6 +65,63 @@ def table_bar_chart(spec: dict[str, Any], blocks: dict[str, list], path: Path, t
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def mini_chart(blocks: dict[str, list], majority_avg: dict[str, float | None], labels: dict[str, str], path: Path,
+               title: str = "") -> Path:
+    """The mini table as a figure, one line of three panels per model: mean accuracy (%) over the four benchmarks
+    per method (bar = mean over seeds, error bar = std, dots = the seeds; dashed line = the majority-answer rate),
+    mean held-out NLL (nats/token, same encoding), and NLL against accuracy per method (does a better fit of the
+    gold responses go with more correct answers?). Methods without a complete seed get no bar."""
+    plt = pyplot()
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+    fig, axes = plt.subplots(max(len(blocks), 1), 3, figsize=(16, 4.2 * max(len(blocks), 1)), squeeze=False)
+    for axrow, (model, rows) in zip(axes, blocks.items()):
+        xs = list(range(len(rows)))
+        for ax, metric, ylabel in ((axrow[0], "accuracy", "mean accuracy (%)"),
+                                   (axrow[1], "nll", "mean NLL (nats/token, lower is better)")):
+            stats = [r.cells[f"{metric}:avg"] for r in rows]
+            for x, stat, row in zip(xs, stats, rows):
+                color = "#999999" if row.method == "base" else colors[x % len(colors)]
+                if stat.mean is None:
+                    ax.text(x, 0.02, "–", ha="center", va="bottom", transform=ax.get_xaxis_transform())
+                    continue
+                ax.bar(x, stat.mean, 0.6, yerr=stat.std or 0.0, color=color, alpha=0.75, capsize=3)
+                ax.plot([x] * len(stat.values), stat.values, "o", color="black", markersize=3, zorder=3)
+            if metric == "accuracy" and majority_avg.get(model) is not None:
+                ax.axhline(majority_avg[model], ls="--", color="black", lw=1.2,
+                           label=f"majority answer ({majority_avg[model]:.1f})")
+                ax.legend(fontsize=8, loc="lower right")
+            values = [v for s in stats for v in (*s.values, (s.mean or 0) + (s.std or 0), (s.mean or 0) - (s.std or 0))
+                      if s.mean is not None]
+            if metric == "accuracy" and majority_avg.get(model) is not None:
+                values.append(majority_avg[model])
+            if values:  # zoom in: the methods differ by little
+                span = max(values) - min(values) or max(abs(max(values)) * 0.1, 1e-3)
+                ax.set_ylim(min(values) - 0.3 * span if metric == "nll" else max(0.0, min(values) - 0.3 * span),
+                            max(values) + 0.2 * span)
+            ax.set_xticks(xs, [r.label for r in rows], rotation=45, ha="right", fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{labels.get(model, model)}: {ylabel.split(' (')[0]} over 4 benchmarks", fontsize=10)
+        ax = axrow[2]
+        for x, row in enumerate(rows):
+            acc, nll = row.cells["accuracy:avg"], row.cells["nll:avg"]
+            if acc.mean is None or nll.mean is None:
+                continue
+            color = "#999999" if row.method == "base" else colors[x % len(colors)]
+            ax.errorbar(nll.mean, acc.mean, xerr=nll.std or 0.0, yerr=acc.std or 0.0, fmt="o", color=color, capsize=2)
+            ax.annotate(row.label, (nll.mean, acc.mean), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if majority_avg.get(model) is not None:
+            ax.axhline(majority_avg[model], ls="--", color="black", lw=1.0)
+        ax.set_xlabel("mean NLL (nats/token)")
+        ax.set_ylabel("mean accuracy (%)")
+        ax.set_title("accuracy vs held-out NLL (mean ± std over seeds)", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
     return path

@@ -78,11 +78,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def git_commit() -> str | None:
+    """HEAD's hash, with "+dirty" when tracked files differ from it (the code that ran is then not that commit)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    if not commit:
+        return None
+    return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
 
 
 def package_versions() -> dict[str, str | None]:

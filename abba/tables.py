@@ -2,12 +2,14 @@
 
     python -m abba.tables results_dir=results output_dir=results/tables
     python -m abba.tables results_dir=outputs/quickstart/results output_dir=outputs/quickstart/tables tables=other
+    python -m abba.tables results_dir=results/mini output_dir=results/tables tables=mini
 
 Reads every `metrics.json` under `results_dir` (written by eval.run / scripts/*_merge_eval.sh) with the
 `config.yaml` and `run_info.json` copied beside it, and the paper's numbers from results/paper_reference.yaml.
 Writes `<table>.md`, `<table>.tex` (booktabs), `<table>.csv` and, with plots=true (default), `<table>.png`
-for table1 (commonsense), table2 (arithmetic) and `other` (runs whose config has `table: null`);
-`tables=table1,table2` limits them.
+for table1 (commonsense), table2 (arithmetic), `mini` (runs whose config has `table: mini`; see below) and
+`other` (runs whose config has `table: null`); `tables=table1,table2` limits them. `mini` and `other` are
+written only when they have runs.
 
 Which row a run lands in (`method_key`): `peft.method` names it; ABBA adds its rank r = r1 + r2 (the paper's
 "ABBA r=32" is r1 = r2 = 16: the parameters of LoRA r=32), so abba_r16 / abba_r32; a baseline at the paper's
@@ -18,6 +20,17 @@ its `model.name`. Without a usable config the experiment name t<N>_<model>_<meth
 A cell is our mean ± sample std (ddof 1) over seeds in %, then (paper; ours − paper). Avg: per seed, the mean
 over the table's benchmarks (seeds missing any benchmark are left out), then mean ± std over seeds.
 Missing numbers are "–" (empty in the CSV), never 0.
+
+`mini` (no paper numbers, so no paper/difference columns): a CPU-sized run of Table 1's protocol, e.g.
+SmolLM2-135M-Instruct with ABBA and baselines at the same parameter budget plus the untuned base model
+(`peft.method: base`, 0 trainable parameters), on MINI_BENCHMARKS. Per benchmark two columns, accuracy (%) and
+held-out NLL (metrics.json `nll`: teacher-forced nats per token of the gold responses, lower is better), each
+mean ± std over seeds, plus their Avg over the four benchmarks as above (seeds missing any benchmark's number
+left out). Rows: Base first, ABBA, then the baselines in MINI_METHOD_ORDER. A reference row "Majority answer"
+gives, per benchmark, the share (%) of the most frequent `gold` among the evaluated items, read from
+`samples_<benchmark>.jsonl` beside the runs' metrics.json (the first run, by path, that has one; another run
+whose items or golds differ is named in a warning). The header line names the model, the training budget
+(run_info.json n_train_examples / global_step, config trainer batch) and the evaluated item counts.
 """
 
 from __future__ import annotations
@@ -47,8 +60,11 @@ BENCHMARK_LABELS = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "he
                     "winogrande": "WinoGrande", "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c",
                     "openbookqa": "OBQA", "gsm8k": "GSM8K", "math": "MATH", "avg": "Avg"}
 METHOD_LABELS = {"full": "Full FT", "lora": "LoRA", "rslora": "rsLoRA", "pissa": "PiSSA", "dora": "DoRA",
-                 "hira": "HiRA", "loha": "LoHa", "abba": "ABBA", "lora_pro": "LoRA-Pro"}
-TABLE_ORDER = ("table1", "table2", "other")
+                 "hira": "HiRA", "loha": "LoHa", "abba": "ABBA", "lora_pro": "LoRA-Pro", "base": "Base (untuned)"}
+TABLE_ORDER = ("table1", "table2", "mini", "other")
+MINI_BENCHMARKS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")  # Table 1's order
+MINI_METHOD_ORDER = ("base", "abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "full", "lora_pro")
+MINI_TITLE = "Mini reproduction of Table 1's protocol: commonsense accuracy (%) and held-out NLL (nats/token)"
 
 
 class TablesError(ValueError):
@@ -67,6 +83,10 @@ class RunResult:
     git_commit: str | None = None
     hardware: str | None = None
     path: str = ""
+    nll: dict[str, float] = field(default_factory=dict)  # metrics.json `nll` (nats/token) per benchmark
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+    n_items: dict[str, int] = field(default_factory=dict)  # metrics.json `n` per benchmark
 
 
 @dataclass
@@ -74,6 +94,7 @@ class Stat:
     mean: float | None = None
     std: float | None = None
     n: int = 0
+    values: tuple[float, ...] = ()  # the per-seed numbers (figures)
 
 
 @dataclass
@@ -159,14 +180,18 @@ def load_run(metrics_path: Path, models: list[str]) -> list[RunResult]:
     if seed is None:
         match = re.search(r"seed(\d+)", str(metrics_path))
         seed = int(match[1]) if match else 0
-    scores = {}
+    scores, nll, n_items = {}, {}, {}
     for bench, entry in metrics.items():
         if isinstance(entry, dict) and entry.get("accuracy") is not None:
             scores[bench] = 100.0 * float(entry["accuracy"])
+        if isinstance(entry, dict) and entry.get("nll") is not None:
+            nll[bench] = float(entry["nll"])
+        if isinstance(entry, dict) and entry.get("n") is not None:
+            n_items[bench] = int(entry["n"])
     commit = info.get("git_commit") or next((e.get("git_commit") for e in metrics.values()
                                              if isinstance(e, dict) and e.get("git_commit")), None)
     return [RunResult(table, model, method, int(seed), scores, info.get("trainable_params"), commit,
-                      _hardware_label(info), str(metrics_path))]
+                      _hardware_label(info), str(metrics_path), nll, cfg, info, n_items)]
 
 
 def collect_runs(results_dir: Path, models: list[str], exclude: Path | None = None) -> list[RunResult]:
@@ -193,7 +218,8 @@ def collect_runs(results_dir: Path, models: list[str], exclude: Path | None = No
 def mean_std(values: list[float]) -> Stat:
     if not values:
         return Stat()
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values),
+                tuple(values))
 
 
 def method_label(key: str) -> str:
@@ -270,7 +296,8 @@ def _columns(spec: dict[str, Any]) -> list[str]:
 
 
 def _provenance(runs: list[RunResult]) -> str:
-    commits = sorted({r.git_commit[:10] for r in runs if r.git_commit})
+    commits = sorted({r.git_commit[:10] + ("+dirty" if r.git_commit.endswith("+dirty") else "")
+                      for r in runs if r.git_commit})
     hardware = sorted({r.hardware for r in runs if r.hardware})
     return (f"{len(runs)} evaluated runs; commits: {', '.join(commits) or MISSING}; "
             f"hardware: {'; '.join(hardware) or MISSING}.")
@@ -352,6 +379,261 @@ def render_csv(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]]) ->
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------- the mini table
+
+MINI_METRICS = ("accuracy", "nll")
+MINI_CSV_FIELDS = ("table", "model", "method", "method_label", "benchmark", "metric", "n_seeds", "mean", "std",
+                   "params")
+_METHOD_KEY = re.compile(r"^(?P<family>.+?)(?:_r(?P<rank>\d+))?(?P<official>_official)?$")
+
+
+def mini_order(key: str) -> tuple:
+    """Sort key of a mini row: Base, ABBA, then the baselines in MINI_METHOD_ORDER, then anything else."""
+    match = _METHOD_KEY.match(key)
+    family = match["family"]
+    position = MINI_METHOD_ORDER.index(family) if family in MINI_METHOD_ORDER else len(MINI_METHOD_ORDER)
+    rank = int(match["rank"]) if match["rank"] else PAPER_BASELINE_RANK
+    return position, family, rank, bool(match["official"]), key
+
+
+def _mini_columns() -> list[tuple[str, str]]:
+    """(metric, benchmark) of each number column: accuracy and NLL per benchmark, then their Avg."""
+    return [(metric, bench) for bench in (*MINI_BENCHMARKS, "avg") for metric in MINI_METRICS]
+
+
+def _metric_values(run: RunResult, metric: str) -> dict[str, float]:
+    return run.scores if metric == "accuracy" else run.nll
+
+
+def build_mini_rows(model: str, runs: list[RunResult]) -> list[Row]:
+    """One row per method of `model` (mini_order), cells keyed '<metric>:<benchmark>' (benchmark incl. avg)."""
+    mine_all = [r for r in runs if r.model == model]
+    rows = []
+    for key in sorted({r.method for r in mine_all}, key=mini_order):
+        mine = sorted((r for r in mine_all if r.method == key), key=lambda r: r.seed)
+        row = Row(key, method_label(key), seeds=[r.seed for r in mine])
+        for metric in MINI_METRICS:
+            per_run = [_metric_values(r, metric) for r in mine]
+            for bench in MINI_BENCHMARKS:
+                row.cells[f"{metric}:{bench}"] = mean_std([v[bench] for v in per_run if bench in v])
+            complete = [v for v in per_run if all(b in v for b in MINI_BENCHMARKS)]
+            row.cells[f"{metric}:avg"] = mean_std([statistics.fmean(v[b] for b in MINI_BENCHMARKS) for v in complete])
+        params = [r.trainable_params for r in mine if r.trainable_params is not None]
+        row.params = params[0] if params else None
+        if len(set(params)) > 1:
+            log.warning("mini %s/%s: runs disagree on trainable parameters %s; showing the first", model, key, params)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Majority:
+    """The majority-answer reference of one block: per benchmark the share (%) of the most frequent gold."""
+    rate: dict[str, float] = field(default_factory=dict)     # benchmark (and avg) -> %
+    n_items: dict[str, int] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)     # benchmark -> the samples file used
+    disagree: dict[str, list[str]] = field(default_factory=dict)  # benchmark -> samples files with other items
+
+
+def read_golds(path: Path) -> dict[str, str]:
+    """{id: gold (as JSON text)} of a samples_<benchmark>.jsonl, read only (bad or torn lines skipped)."""
+    golds: dict[str, str] = {}
+    bad = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            golds[str(record["id"])] = json.dumps(record["gold"], sort_keys=True)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("%s: %d line(s) without a JSON record with id and gold were skipped", path, bad)
+    return golds
+
+
+def majority_answers(runs: list[RunResult]) -> Majority:
+    """Majority-answer rates from the samples files beside the runs' metrics.json (the first run by path that
+    has the benchmark and its samples file; runs whose items or golds differ are warned about)."""
+    majority = Majority()
+    for bench in MINI_BENCHMARKS:
+        first: tuple[Path, dict[str, str]] | None = None
+        for run in sorted((r for r in runs if bench in r.scores), key=lambda r: r.path):
+            path = Path(run.path).parent / f"samples_{bench}.jsonl"
+            if not path.is_file():
+                continue
+            golds = read_golds(path)
+            if not golds:
+                continue
+            if first is None:
+                first = path, golds
+                n = run.n_items.get(bench)
+                if n is not None and n != len(golds):
+                    log.warning("%s holds %d items, its metrics.json n=%d: the majority answer counts the file's",
+                                path, len(golds), n)
+                counts: dict[str, int] = {}
+                for gold in golds.values():
+                    counts[gold] = counts.get(gold, 0) + 1
+                majority.rate[bench] = 100.0 * max(counts.values()) / len(golds)
+                majority.n_items[bench] = len(golds)
+                majority.source[bench] = str(path)
+            elif golds != first[1]:
+                common = set(golds) & set(first[1])
+                same_gold = sum(golds[i] == first[1][i] for i in common)
+                log.warning("majority answer of %s: %s has other items than %s (%d vs %d items, %d in common, %d "
+                            "with the same gold); using the first", bench, path, first[0], len(golds), len(first[1]),
+                            len(common), same_gold)
+                majority.disagree.setdefault(bench, []).append(str(path))
+    if all(b in majority.rate for b in MINI_BENCHMARKS):
+        majority.rate["avg"] = statistics.fmean(majority.rate[b] for b in MINI_BENCHMARKS)
+    return majority
+
+
+def _distinct(values) -> str:
+    """'480', '480 / 960' when runs differ, '–' when none is known."""
+    known = sorted({v for v in values if v is not None}, key=lambda v: (str(type(v)), v))
+    return " / ".join(str(v) for v in known) if known else MISSING
+
+
+def _global_batch(run: RunResult) -> int | None:
+    """Sequences per optimizer step from the config's trainer section (keep_global_batch as abba.train)."""
+    trainer = run.config.get("trainer") or {}
+    try:
+        per_device = int(trainer["per_device_train_batch_size"])
+        accumulation = int(trainer["gradient_accumulation_steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    world = int(run.info.get("world_size") or 1)
+    if trainer.get("keep_global_batch", True) and world > 1:
+        accumulation = max(1, accumulation // world)
+    return per_device * accumulation * world
+
+
+def model_label(model: str, runs: list[RunResult]) -> str:
+    """'SmolLM2-135M-Instruct' from a run's model.name_or_path, else the model's config name."""
+    for run in runs:
+        source = (run.config.get("model") or {}).get("name_or_path")
+        if run.model == model and source:
+            return str(source).rstrip("/").split("/")[-1]
+    return model
+
+
+def mini_description(blocks: dict[str, list[Row]], runs: list[RunResult], labels: dict[str, str]) -> str:
+    """The header line: model(s), training budget of the tuned runs, evaluated items per benchmark."""
+    models = "; ".join(f"{labels[m]} (`{m}`)" for m in blocks) or MISSING
+    tuned = [r for r in runs if r.method != "base"]
+    data = _distinct((r.config.get("data") or {}).get("name") for r in tuned)
+    training = (f"{_distinct(r.info.get('n_train_examples') for r in tuned)} training examples ({data}), "
+                f"{_distinct(r.info.get('global_step') for r in tuned)} optimizer steps of "
+                f"{_distinct(_global_batch(r) for r in tuned)} sequences")
+    items = ", ".join(f"{BENCHMARK_LABELS[b]} {_distinct(r.n_items.get(b) for r in runs)}" for b in MINI_BENCHMARKS)
+    return f"Model: {models}. Tuned runs: {training}. Evaluated items: {items}."
+
+
+def _mini_text(stat: Stat, metric: str, dash: str = MISSING, pm: str = " ± ") -> str:
+    if stat.mean is None:
+        return dash
+    digits = 2 if metric == "accuracy" else 3
+    return f"{stat.mean:.{digits}f}" + (f"{pm}{stat.std:.{digits}f}" if stat.std is not None else "")
+
+
+def _majority_cells(majority: Majority, dash: str = MISSING) -> list[str]:
+    return [f"{majority.rate[b]:.2f}" if metric == "accuracy" and b in majority.rate else dash
+            for metric, b in _mini_columns()]
+
+
+def _column_label(metric: str, bench: str) -> str:
+    return f"{BENCHMARK_LABELS[bench]} {'acc' if metric == 'accuracy' else 'NLL'}"
+
+
+def render_mini_markdown(blocks: dict[str, list[Row]], majority: dict[str, Majority], runs: list[RunResult],
+                         labels: dict[str, str]) -> str:
+    cols = _mini_columns()
+    lines = [f"## mini: {MINI_TITLE}", "", mini_description(blocks, runs, labels), "",
+             "Cell: mean ± std over seeds (std left out with one seed); \"–\": no number. acc: accuracy (%); NLL: "
+             "teacher-forced NLL of the gold responses on the evaluated items, nats per token (lower is better). "
+             "Avg: per seed, the mean over the four benchmarks (seeds missing any are left out), then mean ± std "
+             "over seeds. Majority answer: share (%) of the most frequent gold answer among the evaluated items. "
+             "Params: trainable parameters.", "", _provenance(runs), ""]
+    for model, rows in blocks.items():
+        lines += [f"### {labels[model]}", "",
+                  "| Method | Params | Seeds | " + " | ".join(_column_label(*c) for c in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        for row in rows:
+            cells = [_mini_text(row.cells[f"{metric}:{bench}"], metric) for metric, bench in cols]
+            lines.append(f"| {row.label} | {format_params(row.params)} | {len(row.seeds)} | "
+                         + " | ".join(cells) + " |")
+        lines.append(f"| Majority answer | {MISSING} | {MISSING} | "
+                     + " | ".join(_majority_cells(majority[model])) + " |")
+        for bench, paths in majority[model].disagree.items():
+            lines.append(f"\nNote: {len(paths)} run(s) evaluated other {BENCHMARK_LABELS[bench]} items than "
+                         f"{majority[model].source[bench]}; its items give the majority answer.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_mini_latex(blocks: dict[str, list[Row]], majority: dict[str, Majority], labels: dict[str, str]) -> str:
+    cols = _mini_columns()
+    width = 3 + len(cols)
+    groups = [*MINI_BENCHMARKS, "avg"]
+    caption = (f"{_latex_escape(MINI_TITLE)}: mean $\\pm$ std over seeds; NLL: teacher-forced NLL of the gold "
+               "responses (nats per token, lower is better); Majority answer: share of the most frequent gold answer.")
+    lines = ["% Generated by python -m abba.tables; needs \\usepackage{booktabs}.", "\\begin{table}[t]",
+             "\\centering", "\\resizebox{\\linewidth}{!}{%", f"\\begin{{tabular}}{{lrr{'c' * len(cols)}}}",
+             "\\toprule",
+             " & & & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{BENCHMARK_LABELS[b]}}}" for b in groups) + " \\\\",
+             " ".join(f"\\cmidrule(lr){{{4 + 2 * i}-{5 + 2 * i}}}" for i in range(len(groups))),
+             "Method & Params & Seeds & " + " & ".join("Acc" if m == "accuracy" else "NLL" for m, _ in cols) + " \\\\"]
+    for model, rows in blocks.items():
+        lines += ["\\midrule", f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{_latex_escape(labels[model])}}}}} \\\\",
+                  "\\midrule"]
+        for row in rows:
+            params = format_params(row.params).replace(MISSING, "--")
+            cells = [_mini_text(row.cells[f"{m}:{b}"], m, "--", "$\\pm$") for m, b in cols]
+            lines.append(f"{_latex_escape(row.label)} & {params} & {len(row.seeds)} & " + " & ".join(cells) + " \\\\")
+        lines += ["\\midrule", "Majority answer & -- & -- & " + " & ".join(_majority_cells(majority[model], "--"))
+                  + " \\\\"]
+    lines += ["\\bottomrule", "\\end{tabular}}", f"\\caption{{{caption}}}", "\\label{tab:mini}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def render_mini_csv(blocks: dict[str, list[Row]], majority: dict[str, Majority]) -> str:
+    """One line per (model, method, benchmark incl. avg, metric), then the majority-answer lines (accuracy)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MINI_CSV_FIELDS)
+    for model, rows in blocks.items():
+        for row in rows:
+            for metric, bench in _mini_columns():
+                stat = row.cells[f"{metric}:{bench}"]
+                writer.writerow(["mini", model, row.method, row.label, bench, metric, stat.n, _num(stat.mean),
+                                 _num(stat.std), row.params if row.params is not None else ""])
+        for bench in (*MINI_BENCHMARKS, "avg"):
+            rate = majority[model].rate.get(bench)
+            writer.writerow(["mini", model, "majority", "Majority answer", bench, "accuracy", "", _num(rate), "", ""])
+    return buf.getvalue()
+
+
+def write_mini(output_dir: Path, runs: list[RunResult], plots: bool) -> Path:
+    """mini.md/.tex/.csv (and .png) from the runs with `table: mini`; returns the Markdown path."""
+    others = sorted({b for r in runs for b in (*r.scores, *r.nll)} - set(MINI_BENCHMARKS))
+    if others:
+        log.warning("mini: benchmark(s) %s are not columns of the mini table (%s): left out", ", ".join(others),
+                    ", ".join(MINI_BENCHMARKS))
+    blocks = {model: build_mini_rows(model, runs) for model in sorted({r.model for r in runs})}
+    majority = {model: majority_answers([r for r in runs if r.model == model]) for model in blocks}
+    labels = {model: model_label(model, runs) for model in blocks}
+    write_atomic(output_dir / "mini.md", render_mini_markdown(blocks, majority, runs, labels))
+    write_atomic(output_dir / "mini.tex", render_mini_latex(blocks, majority, labels))
+    write_atomic(output_dir / "mini.csv", render_mini_csv(blocks, majority))
+    if plots:
+        from .plots import mini_chart
+
+        mini_chart(blocks, {m: majority[m].rate.get("avg") for m in blocks}, labels, output_dir / "mini.png",
+                   title=f"mini: {MINI_TITLE}")
+    return output_dir / "mini.md"
+
+
 # ---------------------------------------------------------------- entry point
 
 def load_reference(path: Path) -> dict[str, Any]:
@@ -362,8 +644,8 @@ def load_reference(path: Path) -> dict[str, Any]:
 
 def build_tables(results_dir: str | Path, output_dir: str | Path, reference: str | Path = DEFAULT_REFERENCE,
                  plots: bool = True, tables: tuple[str, ...] = TABLE_ORDER) -> dict[str, Path]:
-    """Write the paper's tables (with "–" where we have no runs) and `other` (when it has runs), limited to
-    `tables`; return {table name: markdown path}."""
+    """Write the paper's tables (with "–" where we have no runs), `mini` and `other` (when they have runs),
+    limited to `tables`; return {table name: markdown path}."""
     unknown = set(tables) - set(TABLE_ORDER)
     if unknown:
         raise TablesError(f"unknown table(s) {', '.join(sorted(unknown))}; tables: {', '.join(TABLE_ORDER)}")
@@ -372,9 +654,18 @@ def build_tables(results_dir: str | Path, output_dir: str | Path, reference: str
     model_names = [m for t in ref.get("tables", {}).values() for m in t["models"]]
     model_names += [p.stem for p in (REPO_ROOT / "configs" / "model").glob("*.yaml")]
     runs = collect_runs(results_dir, model_names, exclude=output_dir)
+    for table in sorted({r.table for r in runs} - set(TABLE_ORDER)):
+        log.warning("%d run(s) have table: %s, which is none of %s: left out", sum(r.table == table for r in runs),
+                    table, ", ".join(TABLE_ORDER))
     written = {}
     for name in (t for t in TABLE_ORDER if t in tables):
         table_runs = [r for r in runs if r.table == name]
+        if name == "mini":
+            if table_runs:
+                written[name] = write_mini(output_dir, table_runs, plots)
+            elif tables != TABLE_ORDER:
+                log.warning("mini: no run under %s has table: mini; nothing written", results_dir)
+            continue
         if name == "other" and not table_runs:
             continue
         spec = table_spec(name, ref, table_runs)

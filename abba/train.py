@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .baselines import METHODS, apply_method, is_abba, parameter_counts
 from .data import DataError, build_train_dataset, check_data_source
-from .modeling import REPO_ROOT, build_model, load_tokenizer, torch_dtype
+from .gguf_source import ModelSourceError
+from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, torch_dtype
 from .official_code import apply_official_code
 from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, is_finished,
                          run_info, write_atomic, write_json)
@@ -44,8 +45,12 @@ def _validate(cfg: DictConfig) -> None:
         raise TrainConfigError(f"unknown peft.method {cfg.peft.method!r}; methods: {', '.join(METHODS)}")
     if cfg.data.task not in ("arithmetic", "commonsense"):
         raise TrainConfigError(f"data.task must be arithmetic or commonsense, got {cfg.data.task!r}")
-    if cfg.table not in (None, "table1", "table2"):
-        raise TrainConfigError(f"table must be table1, table2 or null, got {cfg.table!r}")
+    stage = OmegaConf.select(cfg, "trainer.deepspeed.zero_optimization.stage")
+    if cfg.peft.method == "pissa" and stage == 3:
+        raise TrainConfigError("peft=pissa cannot run under ZeRO-3: converting its final adapter to a LoRA on the "
+                               "original W0 needs the full weights; use trainer=zero2 or trainer=single")
+    if cfg.table not in (None, "table1", "table2", "mini"):
+        raise TrainConfigError(f"table must be table1, table2, mini or null, got {cfg.table!r}")
 
 
 def _on_gpu() -> bool:
@@ -111,6 +116,25 @@ def _save_final(trainer, model, cfg: DictConfig, run_dir: Path, is_main: bool) -
     return final
 
 
+def _heldout_nll(model, tokenizer, cfg: DictConfig) -> dict:
+    """Teacher-forced NLL (nats/token) of the trained model on `data.heldout_size` training records the run never
+    saw (abba.data.sources.load_heldout_records): the metric hyperparameter sweeps choose by, so no test set is
+    ever used for a choice. Every rank computes it (ZeRO-3 gathers weights collectively)."""
+    from eval.nll import score, summary
+
+    from .data.sources import load_heldout_records
+
+    records = [dict(r) for r in load_heldout_records(cfg.data)]
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    for batch in score(model, tokenizer, records, batch_size=int(cfg.trainer.per_device_train_batch_size) * 2,
+                       max_length=int(cfg.data.max_length), desc="held-out"):
+        results.extend(result for _, result in batch)
+    model.train(was_training)
+    return summary(results)
+
+
 def _save_pissa_init(model, directory: Path) -> None:
     """The PiSSA adapter as initialised, saved as a plain LoRA init (peft's recipe for the final conversion)."""
     config = model.peft_config["default"]
@@ -160,6 +184,11 @@ def fit(cfg: DictConfig):
         log.warning("%s is already finished; nothing to resume", run_dir)
         return float(info.get("final_loss", float("nan"))), None
     check_data_source(cfg.data)
+    if cfg.data.get("heldout_size"):
+        from .data.sources import load_heldout_records
+
+        load_heldout_records(cfg.data)  # refuses a held-out slice that would overlap the training subset
+    check_model_source(cfg.model)
 
     # Random weights drawn under deepspeed.zero.Init differ from a single process's draw; keep runs comparable
     # across world sizes by drawing them the single-process way first (random_init is for tests/benchmarks).
@@ -225,11 +254,17 @@ def fit(cfg: DictConfig):
         log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir)
     trainer.train(resume_from_checkpoint=checkpoint)
 
+    heldout = _heldout_nll(model, tokenizer, cfg) if cfg.data.get("heldout_size") else {}
+    if heldout and is_main:
+        write_json(run_dir / "heldout_nll.json", heldout)
+        log.warning("%s: held-out NLL %.4f nats/token over %d training records it never saw",
+                    cfg.experiment_name, heldout["nll"], heldout["nll_items"])
     _save_final(trainer, model, cfg, run_dir, is_main)
     loss = _final_loss(metrics.losses)
     if is_main:
         write_json(run_dir / "run_info.json", {**info, "finished": True, "final_loss": loss,
-                                               "global_step": trainer.state.global_step})
+                                               "global_step": trainer.state.global_step,
+                                               **({"heldout_nll": heldout["nll"]} if heldout else {})})
     return loss, model
 
 
@@ -245,7 +280,7 @@ def main(cfg: DictConfig) -> float:
             cfg.output_dir = default_run_dir(cfg.paths.output_root, cfg.experiment_name, cfg.seed, overrides)
     try:
         return train(cfg)
-    except (TrainConfigError, RunFolderError, DataError) as exc:
+    except (TrainConfigError, RunFolderError, DataError, ModelSourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -43,10 +43,19 @@ def run_identity(run_dir: Path, group: str) -> tuple[str, int]:
     return str(config["experiment_name"]), int(config["seed"])
 
 
+def results_folder(results_dir: Path, run_dir: Path, name: str, seed: int) -> Path:
+    """results/<experiment>/seed<k>, plus the run folder's override suffix when it has one (a sweep's runs share
+    experiment and seed: RUN = <output_root>/<experiment>/seed<k>/<overrides>, see abba.run_folder)."""
+    parts = run_dir.resolve().parts
+    marker = f"seed{seed}"
+    suffix = parts[len(parts) - parts[::-1].index(marker):] if marker in parts else ()
+    return results_dir.joinpath(name, marker, *suffix)
+
+
 def merge_and_evaluate(run_dir: Path, group: str, results_dir: Path, eval_args: list[str], merge_args: list[str],
                        keep_merged: bool) -> Path:
     name, seed = run_identity(run_dir, group)
-    out = results_dir / name / f"seed{seed}"
+    out = results_folder(results_dir, run_dir, name, seed)
     merged = out / "merged"
     if not (merged / "merge_info.json").is_file():  # merge renames a complete folder into place
         subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={run_dir / 'final'}",

@@ -3,15 +3,32 @@
     python -m eval.run benchmark=gsm8k model_path=merged/ output_dir=results/exp/seed0
     python -m eval.run benchmark=commonsense model_path=merged/ output_dir=OUT backend=vllm tensor_parallel_size=2
     python -m eval.run benchmark=arithmetic model_path=merged/ output_dir=OUT backend=hf limit=20 batch_size=8
+    python -m eval.run benchmark=commonsense model_path=merged/ output_dir=OUT limit=200 subset=random nll=true
 
 Writes OUT/samples_<benchmark>.jsonl ({id, prompt, completion, prediction, gold, correct, ...} per item) and
 OUT/metrics.json (one key per benchmark; other keys already there are kept). Items already in a samples file are
 not generated again, so re-running a killed evaluation finishes it. Config: configs/eval.yaml.
+
+`limit=N` evaluates N items of each benchmark (all of them when it has fewer): the first N (`subset=first`), or
+with `subset=random` a sample drawn with `random.Random(subset_seed)`, kept in file order, that depends only on
+the data file, so every model sees the same items. metrics.json records limit, subset, subset_seed, n and a hash
+of the chosen ids (`item_ids_sha256`).
+
+`nll=true` also scores, before generating, each item's gold response teacher-forced (eval.nll): prompt +
+response + EOS tokenized by abba.data.tokenize_example as training does, NLL summed in nats over the response
+tokens and the EOS, at the model's full context length (no truncation in practice). Per item it appends
+{id, nll_sum, n_tokens, truncated} to OUT/nll_<benchmark>.jsonl (resumable like the samples file), and adds to
+the benchmark's metrics `nll` (sum of nll_sum / sum of n_tokens: nats per token), `nll_items`, `nll_tokens`,
+`nll_truncated`. Commonsense benchmarks' reference is the record's `output`; GSM8K's its worked solution in the
+training format under the training prompt; MATH has none, and nll=true on it is an error. The HF backend's
+model is reused; with vLLM an HF copy is loaded for the NLL pass and freed before vLLM starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from abba.modeling import REPO_ROOT, resolve_path
 from abba.run_folder import git_commit, write_atomic, write_json
 
+from . import nll as nll_scoring
 from .backends import choose_backend, make_backend
 from .benchmarks import BENCHMARKS, load_items, resolve
 from .samples import SampleWriter, read_samples
@@ -58,13 +76,31 @@ def score_record(scorer, record: dict[str, Any], options: dict[str, Any]) -> dic
     return {**record, **scorer.score(record["completion"], record["gold"]), "scoring": options}
 
 
-def _reuse_samples(path: Path, model_path: str, scorer, options: dict[str, Any]) -> dict[str, dict]:
-    """The records already in `path` (a resumed run), checked to come from this model and scored as now."""
+class _Progress:
+    """Counts newly scored items (generations, and NLLs with nll=true); raises at `interrupt_after`."""
+
+    def __init__(self, interrupt_after: int | None):
+        self.limit, self.count = interrupt_after, 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.limit is not None and self.count >= int(self.limit):
+            raise SimulatedInterrupt(f"interrupt_after={self.limit} reached")
+
+
+def _read_own_records(path: Path, model_path: str, what: str) -> dict[str, dict]:
+    """The records already in `path` (a resumed run), checked to come from this model."""
     done = read_samples(path)
     other = {r["model_path"] for r in done.values() if r.get("model_path", model_path) != model_path}
     if other:
-        raise SamplesMismatchError(f"{path} holds generations of {sorted(other)[0]}, not {model_path}: "
+        raise SamplesMismatchError(f"{path} holds {what} of {sorted(other)[0]}, not {model_path}: "
                                    "use another output_dir or delete the file")
+    return done
+
+
+def _reuse_samples(path: Path, model_path: str, scorer, options: dict[str, Any]) -> dict[str, dict]:
+    """The records already in `path` (a resumed run), checked to come from this model and scored as now."""
+    done = _read_own_records(path, model_path, "generations")
     stale = [key for key, r in done.items() if r.get("scoring") != options]
     if stale:
         for key in stale:
@@ -82,6 +118,39 @@ def _backend_options(cfg: DictConfig) -> dict[str, Any]:
     return {k: cfg[k] for k in keys if cfg.get(k) is not None}
 
 
+def _score_nll(cfg: DictConfig, names: list[str], items: dict[str, list], out: Path, model_path: str,
+               backend_name: str, progress: _Progress):
+    """Teacher-forced NLL of every item's reference (eval.nll), resumable via OUT/nll_<benchmark>.jsonl.
+
+    Runs before any generation. The HF model is loaded on the backend's device with the backend's dtype; with
+    backend=hf it *is* the generation backend and is returned for reuse (no second copy), otherwise it is
+    freed before vLLM starts. Returns (the HF backend or None, {benchmark: metrics.json fields})."""
+    hf = None  # created on first need, like the generation backend
+    entries: dict[str, dict] = {}
+    for name in names:
+        path = out / f"nll_{name}.jsonl"
+        done = _read_own_records(path, model_path, "NLLs")
+        pending = [item for item in items[name] if item.id not in done]
+        if pending:
+            hf = hf or make_backend("hf", str(cfg.model_path), **_backend_options(cfg))
+            with SampleWriter(path) as writer:
+                for batch in nll_scoring.score(hf.model, hf.tokenizer, [it.reference for it in pending],
+                                               batch_size=int(cfg.batch_size), desc=name):
+                    records = [{"id": pending[i].id, **result, "model_path": model_path} for i, result in batch]
+                    writer.append(records)
+                    done.update((r["id"], r) for r in records)
+                    progress.add(len(records))
+        entries[name] = nll_scoring.summary([done[item.id] for item in items[name]])
+    if hf is not None and backend_name != "hf":
+        hf = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return hf, entries
+
+
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Evaluate every benchmark named by cfg.benchmark; return their metrics entries."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -89,16 +158,26 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         raise ValueError(f"missing {' '.join(k + '=...' for k in missing)} "
                          "(python -m eval.run benchmark=NAME model_path=DIR output_dir=OUT)")
     names = resolve(cfg.benchmark)
+    nll = bool(cfg.get("nll", False))
+    no_reference = [n for n in names if BENCHMARKS[n].reference is None]
+    if nll and no_reference:
+        raise ValueError(f"nll=true needs a reference response, which {', '.join(no_reference)} does not have "
+                         f"(benchmarks with one: {', '.join(n for n in BENCHMARKS if BENCHMARKS[n].reference)})")
     model_path = str(Path(cfg.model_path).resolve())
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = resolve_path(cfg.paths.data_dir)
     # Read every data file before loading a model, so a missing file stops the run at once.
-    items = {n: load_items(BENCHMARKS[n], data_dir, cfg.get("data_file"), cfg.get("limit")) for n in names}
+    items = {n: load_items(BENCHMARKS[n], data_dir, cfg.get("data_file"), cfg.get("limit"),
+                           str(cfg.get("subset", "first")), int(cfg.get("subset_seed", 0)), references=nll)
+             for n in names}
     backend_name = choose_backend(cfg.backend)
     backend = None  # created on first need: a finished evaluation re-run loads no model
     results: dict[str, dict] = {}
-    newly_scored = 0
+    progress = _Progress(cfg.get("interrupt_after"))
+    nll_entries: dict[str, dict] = {}
+    if nll:
+        backend, nll_entries = _score_nll(cfg, names, items, out, model_path, backend_name, progress)
     for name in names:
         bench = BENCHMARKS[name]
         decoding = bench.decoding
@@ -124,19 +203,18 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
                             records.append(score_record(scorer, record, options))
                             done[item.id] = records[-1]
                         writer.append(records)
-                        newly_scored += len(records)
-                        if cfg.get("interrupt_after") is not None and newly_scored >= int(cfg.interrupt_after):
-                            raise SimulatedInterrupt(f"interrupt_after={cfg.interrupt_after} reached")
+                        progress.add(len(records))
             scored_records = [done[item.id] for item in items[name]]
             results[name] = _metrics_entry(cfg, name, decoding, bench.stop, scored_records, backend_name,
-                                           scorer.summary(scored_records))
+                                           {**scorer.summary(scored_records), **nll_entries.get(name, {})})
         finally:
             scorer.close()
         metrics = _read_metrics(out / "metrics.json")
         metrics[name] = results[name]
         write_json(out / "metrics.json", metrics)
+        nll_text = f", nll={results[name]['nll']:.4f}" if results[name].get("nll") is not None else ""
         print(f"{name}: accuracy={results[name]['accuracy']:.4f} (n={results[name]['n']}, "
-              f"n_invalid={results[name]['n_invalid']})", flush=True)
+              f"n_invalid={results[name]['n_invalid']}){nll_text}", flush=True)
     return results
 
 
@@ -152,6 +230,10 @@ def _metrics_entry(cfg: DictConfig, name: str, decoding, stop, records: list[dic
         "decoding": {**decoding.as_dict(), "stop": list(stop), "seed": int(cfg.seed)},
         "model_path": str(cfg.model_path),
         "limit": cfg.get("limit"),
+        "subset": str(cfg.get("subset", "first")),
+        "subset_seed": int(cfg.get("subset_seed", 0)),
+        # n = how many items were chosen; this hash of their ids tells whether two runs saw the same ones.
+        "item_ids_sha256": hashlib.sha256("\n".join(str(r["id"]) for r in records).encode()).hexdigest()[:16],
         "scoring": scoring_options(cfg),
         "git_commit": git_commit(),
         **extra,

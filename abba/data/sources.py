@@ -70,12 +70,8 @@ def _to_schema(fmt: str, record: Mapping[str, Any]) -> dict[str, str]:
     return {"instruction": record["instruction"], "input": record.get("input") or "", "output": record["output"]}
 
 
-def load_records(data_cfg: Mapping[str, Any]):
-    """A `datasets.Dataset` with columns instruction/input/output, subset as configured.
-
-    subset_mode 'first' takes the first `subset_size` rows (what the official code does with 50K MetaMathQA
-    rows; the paper's "20K subset" does not say how it was drawn), 'random' a seeded random sample.
-    """
+def _read(data_cfg: Mapping[str, Any]):
+    """The whole data set in the order its subsets are drawn from: file order, or a seeded shuffle."""
     import datasets
 
     check_data_source(data_cfg)
@@ -90,11 +86,37 @@ def load_records(data_cfg: Mapping[str, Any]):
         source = paths or data_cfg.get("hub_id")
         raise DataError(f"could not read training data {source}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                         f"{HOW_TO_GET[fmt]}") from None
+    if data_cfg.get("subset_mode", "first") == "random" and data_cfg.get("subset_size") is not None:
+        ds = ds.shuffle(seed=int(data_cfg.get("subset_seed", 0)))
+    return ds
+
+
+def _formatted(ds, data_cfg: Mapping[str, Any], what: str):
+    fmt = data_cfg["format"]
+    return ds.map(lambda r: _to_schema(fmt, r), remove_columns=ds.column_names,
+                  desc=f"formatting {data_cfg.get('name')}{what}")
+
+
+def load_records(data_cfg: Mapping[str, Any]):
+    """A `datasets.Dataset` with columns instruction/input/output, subset as configured.
+
+    subset_mode 'first' takes the first `subset_size` rows (what the official code does with 50K MetaMathQA
+    rows; the paper's "20K subset" does not say how it was drawn), 'random' a seeded random sample.
+    """
+    ds = _read(data_cfg)
     size = data_cfg.get("subset_size")
     if size is not None and size < len(ds):
-        if data_cfg.get("subset_mode", "first") == "random":
-            ds = ds.shuffle(seed=int(data_cfg.get("subset_seed", 0)))
         ds = ds.select(range(int(size)))
-    return ds.map(
-        lambda r: _to_schema(fmt, r), remove_columns=ds.column_names, desc=f"formatting {data_cfg.get('name')}"
-    )
+    return _formatted(ds, data_cfg, "")
+
+
+def load_heldout_records(data_cfg: Mapping[str, Any]):
+    """`data.heldout_size` training records that the run never trains on: the rows right after the training
+    subset in the order it is drawn from (so disjoint from it by construction, and the same for every method and
+    seed). Used to choose hyperparameters without touching a test set. Raises DataError when none are left."""
+    size, heldout = data_cfg.get("subset_size"), int(data_cfg.get("heldout_size") or 0)
+    ds = _read(data_cfg)
+    if size is None or int(size) + heldout > len(ds):
+        raise DataError(f"data.heldout_size={heldout} needs data.subset_size + heldout_size <= {len(ds)} records "
+                        f"(subset_size={size}): the held-out rows must lie outside the training subset")
+    return _formatted(ds.select(range(int(size), int(size) + heldout)), data_cfg, " (held out)")

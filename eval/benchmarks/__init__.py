@@ -2,10 +2,12 @@
 
     from eval.benchmarks import BENCHMARKS, load_items
     items = load_items(BENCHMARKS["gsm8k"], data_dir="../shared/data")
+    items = load_items(BENCHMARKS["gsm8k"], "../shared/data", limit=200, subset="random", seed=0)  # same 200 for all
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from .base import Benchmark, DataMissingError, Decoding, Item, load_records
@@ -37,13 +39,32 @@ def resolve(name) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+SUBSETS = ("first", "random")
+
+
+def subset_indices(n_records: int, limit: int | None, subset: str = "first", seed: int = 0) -> list[int]:
+    """Positions of the items to evaluate: all when `limit` is None or >= n_records; else the first `limit`
+    ('first') or a `seed`ed random sample of `limit` of them in file order ('random': the same for every model)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset={subset!r}: use {' or '.join(SUBSETS)}")
+    if limit is None or int(limit) >= n_records:
+        return list(range(n_records))
+    if int(limit) < 0:
+        raise ValueError(f"limit={limit} is negative")
+    if subset == "first":
+        return list(range(int(limit)))
+    return sorted(random.Random(int(seed)).sample(range(n_records), int(limit)))
+
+
 def load_items(bench: Benchmark, data_dir: str | Path, data_file: str | Path | None = None,
-               limit: int | None = None) -> list[Item]:
-    """The first `limit` items (all when None) as (id, prompt, gold)."""
+               limit: int | None = None, subset: str = "first", seed: int = 0, references: bool = False) -> list[Item]:
+    """`limit` items (all when None; all when the file has fewer) as (id, prompt, gold), chosen by
+    `subset_indices`; ids are positions in the file (or the benchmark's own ids), whichever subset is taken.
+    `references=True` also fills in each item's reference response (Benchmark.reference; eval.run nll=true)."""
     records = load_records(bench, data_dir, data_file)
-    if limit is not None:
-        records = records[: int(limit)]
-    return bench.items(records)
+    indices = subset_indices(len(records), limit, subset, seed)
+    return bench.items([records[i] for i in indices], indices, references)
 
 
-__all__ = ["BENCHMARKS", "GROUPS", "Benchmark", "DataMissingError", "Decoding", "Item", "load_items", "resolve"]
+__all__ = ["BENCHMARKS", "GROUPS", "SUBSETS", "Benchmark", "DataMissingError", "Decoding", "Item", "load_items",
+           "resolve", "subset_indices"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # The MetaMath/ABBA arithmetic evaluation prompt (the commonsense one is abba.data.templates.format_prompt).
 ARITHMETIC_PROMPT = (
@@ -50,6 +50,8 @@ class Item:
     id: str
     prompt: str
     gold: str
+    # The gold response as a training record {instruction, input, output} (Benchmark.reference), or None.
+    reference: Mapping[str, str] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,24 @@ class Benchmark:
     stop: tuple[str, ...] = ()
     hub: HubSource | None = None
     item_id: Callable[[dict, int], str] = field(default=lambda record, index: str(index))
+    # The gold response as a training record {instruction, input, output}, tokenized by
+    # abba.data.tokenize_example for eval.run nll=true; None: the benchmark has no reference response.
+    reference: Callable[[dict], Mapping[str, str]] | None = None
 
-    def items(self, records: list[dict]) -> list[Item]:
-        return [Item(self.item_id(r, i), self.prompt(r), self.gold(r)) for i, r in enumerate(records)]
+    def items(self, records: list[dict], indices: list[int] | None = None, references: bool = False) -> list[Item]:
+        """Items of `records`; `indices` are their positions in the data file (default 0, 1, ...), which ids use.
+        `references`: fill in Item.reference (only then must a record hold the reference's fields)."""
+        indices = range(len(records)) if indices is None else indices
+        return [Item(self.item_id(r, i), self.prompt(r), self.gold(r), self._reference(r, i) if references else None)
+                for i, r in zip(indices, records)]
+
+    def _reference(self, record: dict, index: int) -> Mapping[str, str]:
+        if self.reference is None:
+            raise ValueError(f"benchmark {self.name} has no reference response")
+        try:
+            return self.reference(record)
+        except KeyError as error:
+            raise ValueError(f"{self.name} record {index} has no {error} field for its reference response") from None
 
 
 def read_records(path: Path, file_format: str) -> list[dict]:

@@ -2,7 +2,8 @@
 
 ABBA protocol (FACTS.md item 9): the Alpaca prompt ending "### Response:\\n", sampling with temperature 0.1,
 top_p 0.75, top_k 40, 32 new tokens, fixed seed; the first answer word in the lowercased completion is the
-prediction. There is no Hub copy of these files: they come from the LLM-Adapters repository.
+prediction. The reference response (eval.run nll=true) is the record's `output`, e.g. "the correct answer is
+answer1". There is no Hub copy of these files: they come from the LLM-Adapters repository.
 """
 
 from abba.data.templates import format_prompt
@@ -33,6 +34,8 @@ def _benchmark(name: str, vocabulary: tuple[str, ...]) -> Benchmark:
         download_hint=f"{SOURCE}/{name}/test.json",
         prompt=lambda r: format_prompt(r["instruction"], r.get("input", "")),
         gold=lambda r: r["answer"],
+        # The training record (Commonsense170K has the same schema): the prompt is the evaluation prompt above.
+        reference=lambda r: {"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]},
         decoding=DECODING,
         make_scorer=lambda cfg: CommonsenseScorer(vocabulary),
     )

@@ -1,0 +1,121 @@
+"""The mini reproduction (abba/mini.py, configs/experiment/m1_smollm2_*.yaml): every method at LoRA r = 16's
+parameter budget on SmolLM2-135M's architecture, the held-out slice disjoint from the training sample, the sweep's
+choice by held-out NLL, and the plan `reproduce.sh mini --dry-run` prints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from abba.modeling import REPO_ROOT
+
+CONFIGS = REPO_ROOT / "configs"
+METHODS = ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha")
+# SmolLM2-135M: 30 layers x (q 576->576, k/v 576->192, o 576->576, gate/up 576->1536, down 1536->576); LoRA r = 16
+# trains r (d_in + d_out) per projection. Worked out by hand:
+PER_LAYER_IN_PLUS_OUT = (576 + 576) + 2 * (576 + 192) + (576 + 576) + 2 * (576 + 1536) + (1536 + 576)
+LORA_16 = 30 * 16 * PER_LAYER_IN_PLUS_OUT
+DORA_MAGNITUDES = 30 * (576 + 192 + 192 + 576 + 1536 + 1536 + 576)  # one per output feature
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_lora_16_budget_worked_out_by_hand():
+    assert LORA_16 == 4_884_480 and DORA_MAGNITUDES == 155_520
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_lora_r16s_parameters(method):
+    from transformers import AutoModelForCausalLM
+
+    from abba.baselines import apply_method, parameter_counts
+    from abba.modeling import architecture_config
+
+    cfg = _compose(f"experiment=m1_smollm2_{method}")
+    assert cfg.peft.method == method and cfg.table == "mini" and cfg.model.name == "smollm2_135m"
+    with torch.device("meta"):
+        model = apply_method(AutoModelForCausalLM.from_config(architecture_config(cfg.model)), cfg.peft, seed=0)
+    trainable, _ = parameter_counts(model)
+    assert trainable == LORA_16 + (DORA_MAGNITUDES if method == "dora" else 0)
+
+
+def test_every_method_shares_the_protocol():
+    """Same data sample, budget and schedule for every method: only the adapter differs."""
+    keys = lambda c: (c.data.path, c.data.subset_size, c.data.subset_seed, c.data.heldout_size, c.data.max_length,
+                      c.trainer.per_device_train_batch_size, c.trainer.num_train_epochs, c.trainer.lr_scheduler_type,
+                      c.trainer.warmup_ratio, c.trainer.bf16, c.peft.target_modules)
+    first = keys(_compose("experiment=m1_smollm2_abba"))
+    for method in METHODS[1:]:
+        assert keys(_compose(f"experiment=m1_smollm2_{method}")) == first, method
+
+
+def test_heldout_records_never_overlap_the_training_sample(shared_data):
+    from abba.data.sources import DataError, load_heldout_records, load_records
+
+    cfg = _compose("experiment=m1_smollm2_abba", f"paths.data_dir={shared_data}").data
+    train = {(r["instruction"], r["output"]) for r in load_records(cfg)}
+    heldout = [(r["instruction"], r["output"]) for r in load_heldout_records(cfg)]
+    assert len(train) == 1024 and len(heldout) == 256  # (no duplicate instructions in this sample)
+    assert not train & set(heldout)
+    # The held-out slice is the same for every method and seed: it depends on the data config only.
+    again = [(r["instruction"], r["output"]) for r in load_heldout_records(cfg)]
+    assert again == heldout
+    cfg.heldout_size = 17_754  # more than is left after the training sample
+    with pytest.raises(DataError, match="held-out rows must lie outside the training subset"):
+        load_heldout_records(cfg)
+
+
+def _fake_run(run_dir: Path, heldout_nll: float) -> None:
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "run_info.json").write_text(json.dumps({"heldout_nll": heldout_nll, "finished": True}))
+
+
+def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path):
+    from abba import mini
+
+    size = mini.Size("t", ("abba", "lora"), {"abba": (0, 1)}, (("ARC-Easy", 5),), str(tmp_path / "out"),
+                     str(tmp_path / "results"))
+    jobs = mini.sweep_jobs("lora", size)
+    assert [j.overrides for j in jobs] == [(f"peft.lr={lr}",) for lr in mini.LR_GRID]
+    assert mini.select("lora", size) is None  # nothing trained yet
+    for job, nll in zip(jobs, (0.9, 0.4, 0.7)[:len(jobs)]):
+        _fake_run(job.run_dir, nll)
+    assert mini.select("lora", size) == jobs[1].overrides
+    # The final seed-0 run of the chosen setting is the sweep's run itself (same run folder), not a new one.
+    finals = [j for j in mini.plan(size) if j.method == "lora" and j.final]
+    assert [j.seed for j in finals] == [0] and finals[0].run_dir == jobs[1].run_dir and finals[0].trained
+    abba = mini.sweep_jobs("abba", size)
+    assert len(abba) == len(mini.LR_GRID) * 2 and all(any(o.startswith("peft.alpha=") for o in j.overrides) for j in abba)
+    mini.write_selection(size)
+    record = json.loads((tmp_path / "results" / "selection.json").read_text())
+    assert record["lora"]["overrides"] == list(jobs[1].overrides) and "abba" not in record
+
+
+def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "abba.mini", "--dry-run"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    sweeps = [line for line in lines if line.startswith("sweep ")]
+    finals = [line for line in lines if line.startswith("final ")]
+    assert len(sweeps) == len(mini_grid_sizes()) and len(finals) == 3 + 3 + 5
+    assert any(line.startswith("base (untuned)") for line in lines)
+    assert "ARC-Challenge (300 items), ARC-Easy (300 items), boolq (300 items), openbookqa (all items)" in lines[-1]
+    bad = subprocess.run(["bash", "scripts/reproduce.sh", "mini", "--methods", "nope"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown method(s) nope" in bad.stderr.strip().splitlines()[-1]
+
+
+def mini_grid_sizes() -> list:
+    from abba import mini
+
+    return [p for m in mini.METHODS for p in mini.grid(m)]
