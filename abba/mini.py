@@ -13,7 +13,9 @@ each skipped when its output exists, so a killed run continues where it stopped:
 2. **sweep**: per method, seed 0 at each point of its learning-rate grid (ABBA: also alpha); each run reports
    the NLL of 256 further training records it never saw (`data.heldout_size`, abba/train.py);
 3. **select**: the grid point with the lowest held-out NLL, written to `<results>/selection.{json,md}`; the test
-   sets are never used for a choice;
+   sets are never used for a choice. What each choice rests on (config, run_info, held-out NLL, loss curve) is
+   kept in `<results>/sweep/`, which is committed, so a later session does not retrain the sweep (only a chosen
+   point's seed-0 run, when its run folder is gone and it was not evaluated yet);
 4. **final**: the chosen setting for every seed (seed 0 is the sweep's run itself), merged and evaluated on
    ARC-Challenge, ARC-Easy, BoolQ (300 seeded items each) and OpenBookQA (all 500): accuracy with the paper's
    commonsense decoding and held-out NLL of the gold responses (eval.run nll=true);
@@ -64,8 +66,8 @@ class Size:
 FOUR = (("ARC-Challenge", 300), ("ARC-Easy", 300), ("boolq", 300), ("openbookqa", None))
 SIZES = {
     "cpu": Size("cpu", METHODS, {"abba": (0, 1, 2), "lora": (0, 1, 2)}, FOUR, "outputs/mini", "results/mini"),
-    # The quickstart: ABBA vs LoRA on ARC-Easy only, 512 records (32 steps), 200 test items, settings from the
-    # CPU sweep (results/mini/selection.md). scripts/quickstart.sh's knobs (environment): QUICKSTART_OUT moves
+    # The quickstart: ABBA vs LoRA on ARC-Easy only, 512 records (32 steps), 200 test items, fixed settings (lr
+    # 1e-3 for both, ABBA alpha 16: no sweep, to stay within minutes). scripts/quickstart.sh's knobs (environment): QUICKSTART_OUT moves
     # <out>/runs and <out>/results; QUICKSTART_TRAIN (records), _BATCH (sequences per step), _HELDOUT (held-out
     # records) and _ITEMS (test items) shrink it for tests/test_quickstart.py.
     "quick": Size("quick", ("abba", "lora"), {}, (("ARC-Easy", int(os.environ.get("QUICKSTART_ITEMS") or 200)),),
@@ -73,6 +75,7 @@ SIZES = {
                   f"{os.environ.get('QUICKSTART_OUT') or 'outputs/quickstart'}/results", sweep=False,
                   train_overrides=(f"data.subset_size={int(os.environ.get('QUICKSTART_TRAIN') or 512)}",
                                    f"data.heldout_size={int(os.environ.get('QUICKSTART_HELDOUT') or 128)}",
+                                   "data.name=arc_easy_local",
                                    "data.path=[${paths.data_dir}/commonsense_train/ARC-Easy/train.json]",
                                    *([f"trainer.per_device_train_batch_size={int(os.environ['QUICKSTART_BATCH'])}"]
                                      if os.environ.get("QUICKSTART_BATCH") else [])),
@@ -117,11 +120,36 @@ class Job:
         return is_finished(self.run_dir)
 
     @property
+    def record_dir(self) -> Path:
+        """Where a sweep run's record is kept under results (committed; its run folder under outputs is not):
+        <results>/sweep/<experiment>/seed<k>/<overrides>/."""
+        return Path(self.size.results_dir) / "sweep" / experiment(self.method) / f"seed{self.seed}" / \
+            ",".join(self.overrides)
+
+    @property
+    def heldout_nll(self) -> float | None:
+        """The sweep run's held-out NLL from its record (or its finished run folder); None if not trained."""
+        for folder, usable in ((self.record_dir, True), (self.run_dir, self.trained)):
+            info = folder / "run_info.json"
+            if usable and info.is_file():
+                value = json.loads(info.read_text()).get("heldout_nll")
+                if value is not None:
+                    return float(value)
+        return None
+
+    def keep_record(self) -> None:
+        """Copy what the choice rests on (config, run_info, held-out NLL, loss curve) into record_dir."""
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "run_info.json", "heldout_nll.json", "metrics.jsonl"):
+            if (self.run_dir / name).is_file():
+                shutil.copy2(self.run_dir / name, self.record_dir / name)
+
+    @property
     def evaluated(self) -> bool:
         return evaluated(self.results_dir, self.size)
 
     def describe(self) -> str:
-        state = "trained" if self.trained else "to train"
+        state = "trained" if self.trained or (not self.final and self.heldout_nll is not None) else "to train"
         if self.final:
             state += ", evaluated" if self.evaluated else ", to evaluate"
         return f"{experiment(self.method)} seed={self.seed} {' '.join(self.overrides) or '(defaults)'}: {state}"
@@ -147,14 +175,12 @@ def sweep_jobs(method: str, size: Size) -> list[Job]:
 
 
 def select(method: str, size: Size) -> tuple[str, ...] | None:
-    """The sweep point with the lowest held-out NLL (None while any point is unfinished)."""
+    """The sweep point with the lowest held-out NLL (None while any point has no result yet)."""
     if not size.sweep:
         return tuple(size.fixed.get(method) or selection_from_file(method))
-    scores = {}
-    for job in sweep_jobs(method, size):
-        if not job.trained:
-            return None
-        scores[job.overrides] = json.loads((job.run_dir / "run_info.json").read_text())["heldout_nll"]
+    scores = {job.overrides: job.heldout_nll for job in sweep_jobs(method, size)}
+    if any(v is None for v in scores.values()):
+        return None
     return min(scores, key=scores.get)
 
 
@@ -175,10 +201,9 @@ def write_selection(size: Size) -> None:
                          "the training subset. The lowest is chosen; no test item is used.", "",
                          "| method | setting | held-out NLL | chosen |", "|---|---|---|---|"]
     for method in size.methods:
-        jobs = [j for j in sweep_jobs(method, size) if j.trained]
-        if not jobs:
+        scores = {j.overrides: j.heldout_nll for j in sweep_jobs(method, size) if j.heldout_nll is not None}
+        if not scores:
             continue
-        scores = {j.overrides: json.loads((j.run_dir / "run_info.json").read_text())["heldout_nll"] for j in jobs}
         chosen = select(method, size)
         record[method] = {"points": [{"overrides": list(k), "heldout_nll": v} for k, v in scores.items()],
                           "overrides": list(chosen) if chosen else None}
@@ -280,8 +305,10 @@ def run_stage(stage: str, methods: list[str], size: Size) -> None:
     for method in methods:
         if stage == "sweep":
             for job in sweep_jobs(method, size):
-                if not job.trained:
+                if job.heldout_nll is None:
                     _run(job.command)
+                if not (job.record_dir / "run_info.json").is_file():
+                    job.keep_record()
             write_selection(size)
             continue
         for job in (j for j in plan(size) if j.method == method and j.final and f"seed{j.seed}" == stage):

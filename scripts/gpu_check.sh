@@ -67,7 +67,7 @@ cd "$REPO"
 
 DRY=0
 CALL=
-usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;

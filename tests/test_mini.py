@@ -98,6 +98,16 @@ def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path):
     mini.write_selection(size)
     record = json.loads((tmp_path / "results" / "selection.json").read_text())
     assert record["lora"]["overrides"] == list(jobs[1].overrides) and "abba" not in record
+    # A later session has the committed records under results/ but not the run folders under outputs/.
+    import shutil
+
+    for job in jobs:
+        job.keep_record()
+    shutil.rmtree(tmp_path / "out")
+    assert [j.heldout_nll for j in jobs] == [0.9, 0.4, 0.7][:len(jobs)]
+    assert mini.select("lora", size) == jobs[1].overrides
+    final = next(j for j in mini.plan(size) if j.method == "lora" and j.final)
+    assert not final.trained  # its adapter is gone: the chosen point's seed-0 run is trained again
 
 
 def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):

@@ -31,7 +31,8 @@ COVERAGE: dict[str, list[str]] = {
     r"source \.venv/bin/activate": [".ci/run"],
     # training
     r"python -m abba\.train experiment=(smoke_arithmetic|smoke_commonsense|quickstart_abba|quickstart_lora)" + ARGS:
-        ["tests/test_train_run.py::test_finished_run_folder_is_not_overwritten", QUICKSTART],
+        ["tests/test_train_run.py::test_finished_run_folder_is_not_overwritten",
+         "tests/test_real_model.py::test_ten_training_steps_lower_the_loss_and_the_run_merges"],
     r"python -m abba\.train experiment=t[12]_\w+" + ARGS: ["tests/test_train_configs.py::test_every_experiment_composes",
                                                          "tests/test_train_run.py::test_finished_run_folder_is_not_overwritten"],
     r"python -m abba\.train -m" + ARGS: ["tests/test_train_run.py::test_local_multirun_writes_one_run_folder_per_job",
@@ -53,8 +54,8 @@ COVERAGE: dict[str, list[str]] = {
     r"bash scripts/reproduce\.sh mini( --dry-run)?": ["tests/test_mini.py::test_dry_run_lists_the_plan_and_runs_nothing",
                                                       "tests/test_mini.py::test_the_sweep_chooses_the_lowest_heldout_nll"],
     # smaller experiments and tools
-    r"python -m abba\.reconstruct" + ARGS: ["tests/test_reconstruct.py::test_cli_entry_point", QUICKSTART],
-    r"python -m abba\.synthetic" + ARGS: ["tests/test_quickstart.py::test_synthetic_files_read_by_the_gsm8k_scorer", QUICKSTART],
+    r"python -m abba\.reconstruct" + ARGS: ["tests/test_reconstruct.py::test_cli_entry_point"],
+    r"python -m abba\.synthetic" + ARGS: ["tests/test_quickstart.py::test_synthetic_files_read_by_the_gsm8k_scorer"],
     r"python -m abba\.plots loss_curve" + ARGS: [QUICKSTART],
     r"python -m abba\.bench" + ARGS: ["tests/test_bench.py::test_quick_benchmark_writes_every_case_with_positive_figures"],
     r"python -m abba\.export" + ARGS: ["tests/test_export.py::test_cli_exports_and_refuses_to_overwrite"],
