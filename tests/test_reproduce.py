@@ -80,4 +80,4 @@ def test_rerun_skips_finished_training_and_evaluation(tmp_path, capsys):
 def test_bad_table_is_a_one_line_error():
     proc = subprocess.run(["bash", "scripts/reproduce.sh", "table3", "--dry-run"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "table1 or table2" in proc.stderr.splitlines()[0]
+    assert proc.returncode == 2 and "table1, table2 or mini" in proc.stderr.splitlines()[0]
