@@ -312,10 +312,11 @@ def run_stage(stage: str, methods: list[str], size: Size) -> None:
             write_selection(size)
             continue
         for job in (j for j in plan(size) if j.method == method and j.final and f"seed{j.seed}" == stage):
+            if job.evaluated:  # committed results: nothing to redo, even when the run folder is gone
+                continue
             if not job.trained:
                 _run(job.command)
-            if not job.evaluated:
-                evaluate_run(job)
+            evaluate_run(job)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def _fake_run(run_dir: Path, heldout_nll: float) -> None:
     (run_dir / "run_info.json").write_text(json.dumps({"heldout_nll": heldout_nll, "finished": True}))
 
 
-def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path):
+def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path, monkeypatch):
     from abba import mini
 
     size = mini.Size("t", ("abba", "lora"), {"abba": (0, 1)}, (("ARC-Easy", 5),), str(tmp_path / "out"),
@@ -107,7 +107,19 @@ def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path):
     assert [j.heldout_nll for j in jobs] == [0.9, 0.4, 0.7][:len(jobs)]
     assert mini.select("lora", size) == jobs[1].overrides
     final = next(j for j in mini.plan(size) if j.method == "lora" and j.final)
-    assert not final.trained  # its adapter is gone: the chosen point's seed-0 run is trained again
+    assert not final.trained  # its adapter is gone ...
+    calls = []
+    monkeypatch.setattr(mini, "_run", calls.append)
+    monkeypatch.setattr(mini, "evaluate_run", lambda job: calls.append(("evaluate", job.seed)))
+    mini.run_stage("seed0", ["lora"], size)
+    assert [c[3] for c in calls if isinstance(c, list)] == ["experiment=m1_smollm2_lora"]  # ... so it is retrained
+    assert ("evaluate", 0) in calls
+    # ... unless its committed results are complete: then nothing runs at all.
+    final.results_dir.mkdir(parents=True)
+    (final.results_dir / "metrics.json").write_text(json.dumps({"ARC-Easy": {"accuracy": 0.5, "nll": 0.2}}))
+    calls.clear()
+    mini.run_stage("seed0", ["lora"], size)
+    assert calls == []
 
 
 def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):
