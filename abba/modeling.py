@@ -130,7 +130,8 @@ def build_model(model_cfg: Mapping[str, Any], dtype: str | torch.dtype | None = 
         if device is not None:
             model.to(device)
         return model
-    check_model_source(cfg)
+    if model_source(cfg) == "hub":  # a gguf source is checked by pretrained_folder (ensure_converted) itself
+        check_model_source(cfg)
     model = AutoModelForCausalLM.from_pretrained(pretrained_folder(cfg), dtype=dtype, device_map=device,
                                                  **from_pretrained_kwargs)
     if model_source(cfg) == "gguf" and cfg.get("name_or_path"):

@@ -242,6 +242,24 @@ def table_spec(name: str, reference: dict[str, Any], runs: list[RunResult]) -> d
             "avg": False, "models": models}
 
 
+def seed_cells(per_run: list[dict[str, float]], benchmarks, avg: bool) -> dict[str, Any]:
+    """{benchmark: mean ± std over the runs that have it} and, with `avg`, {"avg": mean ± std of each complete run's
+    mean over `benchmarks`} (a run missing any benchmark is left out of the average)."""
+    cells = {b: mean_std([v[b] for v in per_run if b in v]) for b in benchmarks}
+    if avg:
+        complete = [v for v in per_run if all(b in v for b in benchmarks)]
+        cells["avg"] = mean_std([statistics.fmean(v[b] for b in benchmarks) for v in complete])
+    return cells
+
+
+def first_params(runs: list, what: str) -> int | None:
+    """The runs' trainable-parameter count (the first; a warning when they disagree)."""
+    params = [r.trainable_params for r in runs if r.trainable_params is not None]
+    if len(set(params)) > 1:
+        log.warning("%s: runs disagree on trainable parameters %s; showing the first", what, params)
+    return params[0] if params else None
+
+
 def build_rows(spec: dict[str, Any], model: str, runs: list[RunResult]) -> list[Row]:
     """The paper's rows in the paper's order, then any other method we ran, each with its cells."""
     paper_methods = spec["models"].get(model, {}).get("methods", {})
@@ -254,15 +272,8 @@ def build_rows(spec: dict[str, Any], model: str, runs: list[RunResult]) -> list[
         row = Row(key, paper.get("label") or method_label(key), paper_params=paper.get("params"),
                   paper={b: float(paper[b]) for b in spec["benchmarks"] + ["avg"] if b in paper},
                   seeds=[r.seed for r in mine])
-        for bench in spec["benchmarks"]:
-            row.cells[bench] = mean_std([r.scores[bench] for r in mine if bench in r.scores])
-        if spec["avg"]:
-            complete = [r for r in mine if all(b in r.scores for b in spec["benchmarks"])]
-            row.cells["avg"] = mean_std([statistics.fmean(r.scores[b] for b in spec["benchmarks"]) for r in complete])
-        params = [r.trainable_params for r in mine if r.trainable_params is not None]
-        row.params = params[0] if params else None
-        if len(set(params)) > 1:
-            log.warning("%s/%s: runs disagree on trainable parameters %s; showing the first", model, key, params)
+        row.cells.update(seed_cells([r.scores for r in mine], spec["benchmarks"], spec["avg"]))
+        row.params = first_params(mine, f"{model}/{key}")
         rows.append(row)
     return rows
 
@@ -413,15 +424,9 @@ def build_mini_rows(model: str, runs: list[RunResult]) -> list[Row]:
         mine = sorted((r for r in mine_all if r.method == key), key=lambda r: r.seed)
         row = Row(key, method_label(key), seeds=[r.seed for r in mine])
         for metric in MINI_METRICS:
-            per_run = [_metric_values(r, metric) for r in mine]
-            for bench in MINI_BENCHMARKS:
-                row.cells[f"{metric}:{bench}"] = mean_std([v[bench] for v in per_run if bench in v])
-            complete = [v for v in per_run if all(b in v for b in MINI_BENCHMARKS)]
-            row.cells[f"{metric}:avg"] = mean_std([statistics.fmean(v[b] for b in MINI_BENCHMARKS) for v in complete])
-        params = [r.trainable_params for r in mine if r.trainable_params is not None]
-        row.params = params[0] if params else None
-        if len(set(params)) > 1:
-            log.warning("mini %s/%s: runs disagree on trainable parameters %s; showing the first", model, key, params)
+            cells = seed_cells([_metric_values(r, metric) for r in mine], MINI_BENCHMARKS, avg=True)
+            row.cells.update({f"{metric}:{bench}": stat for bench, stat in cells.items()})
+        row.params = first_params(mine, f"mini {model}/{key}")
         rows.append(row)
     return rows
 
