@@ -148,24 +148,38 @@ def export_loha(adapter_dir_or_model, output_dir: str | Path, overwrite: bool = 
 
 
 def main(argv: list[str]) -> int:
+    """The command line; failures print one line (abba/cli.py) and return 2 (usage) or 1 (refused)."""
+    from .cli import one_line_errors
+
+    try:
+        with one_line_errors(refusals=(ExportError, ValueError, OSError),
+                             on_interrupt="interrupted: nothing was written; run the same command again"):
+            return _main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def _main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
+
+    from .cli import UsageError, did_you_mean, unknown_options
 
     usage = "usage: python -m abba.export adapter_dir=DIR format=lora|loha output_dir=DIR [overwrite=true]"
     try:
         args: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(argv))  # type: ignore[assignment]
-    except Exception as error:  # a malformed argument: say which, in one line
-        print(f"abba.export: {str(error).splitlines()[0]}\n{usage}", file=sys.stderr)
-        return 2
-    unknown = sorted(set(args) - {"adapter_dir", "output_dir", "format", "overwrite"})
-    if unknown or "adapter_dir" not in args or "output_dir" not in args:
-        print((f"abba.export: unknown option(s) {unknown}\n" if unknown else "") + usage, file=sys.stderr)
-        return 2
+    except Exception as error:  # noqa: BLE001 - a malformed argument: say which, in one line
+        raise UsageError(f"{str(error).splitlines()[0]}; {usage}") from None
+    unknown_options(args, ("adapter_dir", "output_dir", "format", "overwrite"), usage)
+    missing = [k for k in ("adapter_dir", "output_dir") if args.get(k) in (None, "")]
+    if missing:
+        raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {usage}")
     fmt = str(args.get("format", "lora"))
-    try:
-        out = export(args["adapter_dir"], args["output_dir"], fmt, bool(args.get("overwrite", False)))
-    except (ExportError, ValueError) as error:
-        print(f"abba.export: {error}", file=sys.stderr)
-        return 1
+    if fmt not in FORMATS:  # a bad value on the command line: exit 2, not a refusal
+        raise UsageError(f"format={fmt} is not an export format{did_you_mean(fmt, FORMATS)}: use {' or '.join(FORMATS)}")
+    if not Path(str(args["adapter_dir"])).is_dir():
+        raise ExportError(f"adapter_dir={args['adapter_dir']} is not a folder: pass an ABBA adapter folder (a training "
+                          f"run's RUN/final)")
+    out = export(args["adapter_dir"], args["output_dir"], fmt, bool(args.get("overwrite", False)))
     print(f"exported ABBA adapter {args['adapter_dir']} as a peft {fmt} adapter -> {out}")
     return 0
 

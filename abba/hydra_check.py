@@ -48,26 +48,110 @@ def _one_line(exc: Exception) -> str:
         message += f" (did you mean: {', '.join(close)})" if close else f" (options: {', '.join(options)})"
     if message.startswith("Ambiguous value"):
         message += "; quote it for a string, use [a,b] for a list, or add -m to sweep over it"
-    hint = next((line for line in lines[1:] if line.startswith("To append")), None)
-    if hint:
-        message = f"{message.rstrip('.')}; {hint[0].lower()}{hint[1:]}"
+    # Hydra's "To append to your config use +key=value" is left out on purpose: an appended key is one nothing
+    # reads (check_command_line refuses it); the caller suggests the closest existing keys instead.
     return message
 
 
+#: Appending a key with `+` is refused (nothing would read it) except under these nodes, whose keys are passed
+#: on as keyword arguments (the `trainer` group becomes transformers.TrainingArguments, which checks names).
+APPENDABLE = ("trainer.",)
+
+
+def _is_group(config_dir: Path, key: str) -> bool:
+    return (config_dir / key.replace(".", "/")).is_dir()
+
+
+#: The names peft and transformers use for settings this project names otherwise (peft.lr, peft.r, peft.alpha).
+ALIASES = {"learning_rate": "lr", "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+           "rank1": "r1", "rank2": "r2"}
+
+
+def _close_keys(cfg, key: str) -> str:
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    names = [str(n) for n in node.keys()] if OmegaConf.is_dict(node) else []
+    close = [ALIASES[leaf]] if ALIASES.get(leaf) in names else []
+    close += [c for c in difflib.get_close_matches(leaf, names, n=3, cutoff=0.5) if c not in close]
+    prefix = f"{parent}." if parent else ""
+    return f" (did you mean: {', '.join(prefix + c for c in close)})" if close else ""
+
+
+def _kind(value) -> str | None:
+    """The type family a default constrains an override to; None for anything goes (str, None, interpolations)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return None
+
+
+def _fits(kind: str, value) -> bool:
+    if value is None:
+        return True  # null switches a setting off
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if kind == "a number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (list, tuple))
+
+
+def _check_values(config_dir: Path, parsed, defaults_cfg, cfg) -> None:
+    """Refuse a `+key` that nothing reads and a value whose type does not match the key's default
+    (`peft.r1=abc` where the default is 16): OmegaConf would accept both silently."""
+    from omegaconf import OmegaConf
+
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra") or _is_group(config_dir, key) or override.is_delete():
+            continue
+        if override.is_add() or override.is_force_add():
+            if not key.startswith(APPENDABLE) and OmegaConf.select(defaults_cfg, key, default="<absent>") == "<absent>":
+                raise CommandLineError(f"unknown key {key}: nothing reads it{_close_keys(defaults_cfg, key)}")
+            continue
+        default = OmegaConf.select(defaults_cfg, key, default=None)
+        kind = _kind(OmegaConf.to_container(default) if OmegaConf.is_config(default) else default)
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if kind and not _fits(kind, value):
+                raise CommandLineError(f"{key}={value}: expected {kind} (default {default})")
+
+
 def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
-    """Raise CommandLineError when Hydra would fail to compose `config_name` with the overrides in `argv`."""
+    """Raise CommandLineError when Hydra would fail to compose `config_name` with the overrides in `argv`, or
+    when an override names a key nothing reads or gives a value of the wrong type."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    config_dir = Path(config_dir)
+    given = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    groups: list[str] = []
     try:
-        if "-m" in argv or "--multirun" in argv:
-            overrides = _first_values(overrides)
+        parsed = OverridesParser.create().parse_overrides(given)
+        overrides = _first_values(given) if "-m" in argv or "--multirun" in argv else given
+        # The config the values are checked against: every group choice made, no value changed.
+        groups = [text for text, o in zip(overrides, parsed) if _is_group(config_dir, o.key_or_group)]
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
+            defaults_cfg = compose(config_name=config_name, overrides=groups)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise CommandLineError(_one_line(exc)) from None
+        message = _one_line(exc)
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if unknown:
+            try:
+                with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+                    near = _close_keys(compose(config_name=config_name, overrides=groups), unknown.group(1))
+            except (HydraException, OmegaConfBaseException):
+                near = ""
+            message = f"unknown key {unknown.group(1)}: nothing reads it{near}"
+        raise CommandLineError(message) from None
+    _check_values(config_dir, parsed, defaults_cfg, cfg)
 
 
 def exit_on_bad_command_line(config_dir: str | Path, config_name: str, argv: list[str] | None = None) -> None:

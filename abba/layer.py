@@ -216,6 +216,10 @@ class ABBALinear(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False
+        # Names of other parameters holding the same tensor as W0 (tied embeddings: lm_head <-> embed_tokens); set by
+        # get_abba_model. Merging must then not write into the shared tensor (see merge).
+        self.shared_with: tuple[str, ...] = ()
+        self._shared_base: list[nn.Linear] = []  # the shared base layer while merged (a list: not a registered submodule)
 
         weight = base_layer.weight
         dtype = torch.float32 if config.adapter_dtype == "float32" else weight.dtype
@@ -296,7 +300,17 @@ class ABBALinear(nn.Module):
         merged = weight.float() + delta.to(weight.device)
         if safe_merge and not torch.isfinite(merged).all():
             raise ValueError("NaN or inf in the merged weight: the adapter is broken, refusing to merge")
-        weight.copy_(merged.to(weight.dtype))
+        if self.shared_with:
+            # W0 is also another module's weight (or this base layer sits at a second place in the model): folding
+            # in place would change that module too, e.g. tied input embeddings would move by dW. Untie: a new
+            # Linear holds W0 + dW, the shared tensor and module keep W0.
+            self._shared_base = [self.base_layer]
+            private = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+            private.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=weight.requires_grad)
+            private.bias = self.base_layer.bias  # unchanged by the merge, so it may stay shared
+            self.base_layer = private
+        else:
+            weight.copy_(merged.to(weight.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -304,8 +318,11 @@ class ABBALinear(nn.Module):
         if not self.merged:
             warnings.warn("ABBA adapter is not merged; nothing to unmerge.")
             return
-        weight = self.base_layer.weight
-        weight.copy_((weight.float() - self.get_delta_weight().to(weight.device)).to(weight.dtype))
+        if self._shared_base:  # merged into a private copy: go back to the shared layer, whose W0 never changed
+            self.base_layer = self._shared_base.pop()
+        else:
+            weight = self.base_layer.weight
+            weight.copy_((weight.float() - self.get_delta_weight().to(weight.device)).to(weight.dtype))
         self.merged = False
 
     def extra_repr(self) -> str:

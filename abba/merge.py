@@ -11,7 +11,8 @@ bases are rebuilt with the run's seed, read from RUN/config.yaml), else the adap
 Everything is folded in float32 and cast once to the target dtype (`dtype=`, default the model entry's). Before
 anything is written the merged model's logits on a probe batch are compared with the unmerged adapter model's;
 NaN/inf or a difference above the dtype's tolerance stops the merge (exit code 1, nothing written). The folder is
-written under a temporary name and renamed when complete.
+written under a temporary name and renamed when complete. An ABBA layer whose weight is shared with another module
+(lm_head tied to the input embeddings) is merged into its own copy, and the saved config is untied.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import yaml
 from .config import CONFIG_NAME
 from .gguf_source import ModelSourceError
 from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, resolve_path, torch_dtype
+from .model import _shared_parameters
 
 PROBE_TEXTS = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
@@ -157,6 +159,11 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
     probe = {k: v.to(device) for k, v in tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True).items()}
     reference = _logits(model, probe)
     _check_finite(reference, "adapter model's")
+    # Adapted layers whose weight another module shares (lm_head tied to the embeddings): ABBA's merge unties them;
+    # peft's writes into the shared tensor, which the logit check below catches and names.
+    tied = {} if kind == "full" else {
+        f"{name.removesuffix('.base_layer.weight')}.weight": others
+        for name, others in _shared_parameters(model.get_base_model()).items() if name.endswith(".base_layer.weight")}
     if kind == "full":
         merged = model
     else:
@@ -172,11 +179,14 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
     max_abs_diff = (fp32_logits - reference).abs().max().item()
     scale = max(1.0, reference.abs().max().item())
     if max_abs_diff > TOLERANCE[torch.float32] * scale:
+        cause = "" if kind == "abba" or not tied else (
+            "; the adapted weights " + ", ".join(f"{n} = {' = '.join(o)}" for n, o in sorted(tied.items()))
+            + " are shared between modules, and the merge wrote the update into both")
         raise MergeError(f"merged logits differ from the adapter model's by {max_abs_diff:.3g} "
-                         f"(> {TOLERANCE[torch.float32] * scale:.3g}): refusing to merge")
+                         f"(> {TOLERANCE[torch.float32] * scale:.3g}): refusing to merge{cause}")
     info: dict[str, Any] = {"adapter_dir": str(adapter_dir), "kind": kind, "base_model": entry.get("name_or_path"),
                             "random_init_seed": seed if entry.get("random_init") else None, "dtype": str(target),
-                            "probe_max_abs_diff_fp32": max_abs_diff}
+                            "probe_max_abs_diff_fp32": max_abs_diff, "untied_weights": sorted(tied)}
     if target != torch.float32:
         merged.to(target)
         cast_logits = _logits(merged, probe)
@@ -209,27 +219,89 @@ def _save(model, tokenizer, output_dir: Path, info: dict[str, Any], overwrite: b
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv: list[str]) -> int:
+USAGE = ("usage: python -m abba.merge adapter_dir=RUN/final output_dir=DIR [base_model=...] [dtype=...] [seed=...] "
+         "[overwrite=true] [device=cpu|cuda]")
+
+
+def _check_base_model(adapter_dir: Path, base_model: str | None) -> None:
+    """Refuse at once, naming base_model=, when no base_model= is given and the base model named by the adapter's
+    own config (a checkpoint-N folder or an exported adapter has no abba_model.yaml) cannot be had: otherwise
+    from_pretrained would try the Hub with retries and end in a traceback."""
+    from .cli import Refusal
+
+    if base_model or not adapter_dir.is_dir() or (adapter_dir / "abba_model.yaml").is_file():
+        return
+    try:
+        kind = adapter_kind(adapter_dir)
+        if kind == "full":
+            return
+        entry = base_model_entry(adapter_dir, None, kind)
+        check_model_source(entry)
+    except (MergeError, ModelSourceError) as error:
+        run_config = adapter_dir.parent / "config.yaml"  # RUN/checkpoint-N beside RUN/config.yaml
+        model = ((yaml.safe_load(run_config.read_text()) or {}).get("model") or {}) if run_config.is_file() else {}
+        named = model.get("name") if (REPO_ROOT / "configs" / "model" / f"{model.get('name')}.yaml").is_file() else None
+        hint = (f"pass base_model={named} (the model in {run_config})" if named else
+                "pass base_model=NAME (a configs/model name, a model-entry .yaml, a local folder or a Hub id)")
+        raise Refusal(f"{adapter_dir} has no abba_model.yaml, and the base model its adapter config names cannot be "
+                      f"loaded ({str(error).rstrip('.')}): {hint}") from None
+
+
+def _main(argv: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    known = {"adapter_dir", "output_dir", "base_model", "dtype", "seed", "overwrite", "device"}
-    if "adapter_dir" not in args or "output_dir" not in args:
-        print("usage: python -m abba.merge adapter_dir=RUN/final output_dir=DIR [base_model=...] [dtype=...] "
-              "[seed=...] [overwrite=true] [device=cpu|cuda]", file=sys.stderr)
-        return 2
-    unknown = sorted(set(args) - known)
-    if unknown:
-        print(f"abba.merge: unknown option(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
-        return 2
+    from .cli import UsageError, did_you_mean, unknown_options
+
     try:
-        info = merge(**args)
-    except MergeError as error:
-        print(f"abba.merge: {error}", file=sys.stderr)
-        return 1
-    print(f"merged {info['kind']} adapter {args['adapter_dir']} -> {args['output_dir']} ({info['dtype']}, "
+        args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    except Exception as error:  # noqa: BLE001 - a malformed key=value: say which, in one line
+        raise UsageError(f"{str(error).splitlines()[0]}; {USAGE}") from None
+    unknown_options(args, ("adapter_dir", "output_dir", "base_model", "dtype", "seed", "overwrite", "device"), USAGE)
+    missing = [k for k in ("adapter_dir", "output_dir") if args.get(k) in (None, "")]
+    if missing:
+        raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {USAGE}")
+    if args.get("dtype") is not None:
+        from .modeling import DTYPES
+
+        if str(args["dtype"]) not in DTYPES:
+            raise UsageError(f"dtype={args['dtype']} is not a dtype{did_you_mean(args['dtype'], DTYPES)}: use one of "
+                             f"{', '.join(DTYPES)}")
+    if args.get("seed") is not None and not isinstance(args["seed"], int):
+        raise UsageError(f"seed={args['seed']} is not an integer")
+    if args.get("device", "auto") != "auto":
+        try:
+            torch.device(str(args["device"]))
+        except RuntimeError:
+            raise UsageError(f"device={args['device']} is not a device: use auto, cpu, cuda or cuda:N") from None
+    adapter_dir = Path(str(args["adapter_dir"]))
+    if not adapter_dir.is_dir():
+        from .cli import Refusal
+
+        raise Refusal(f"adapter_dir={adapter_dir} is not a folder: pass a training run's RUN/final (or "
+                      f"RUN/checkpoint-N, or an exported adapter, with base_model=)")
+    _check_base_model(adapter_dir, args.get("base_model"))
+    return merge(**args)
+
+
+def main(argv: list[str]) -> int:
+    """The command line; failures print one line (abba/cli.py) and return 2 (usage) or 1 (refused)."""
+    from .cli import Refusal, one_line_errors
+
+    try:
+        # OSError: from_pretrained on an unreadable folder; anything else is a bug and keeps its traceback.
+        with one_line_errors(refusals=(Refusal, MergeError, ModelSourceError, OSError),
+                             on_interrupt="interrupted: nothing was written (the merged model is saved under a "
+                                          "temporary name and renamed only when complete): run the same command again"):
+            info = _main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    print(f"merged {info['kind']} adapter {info['adapter_dir']} -> {argv_value(argv, 'output_dir')} ({info['dtype']}, "
           f"probe max |diff| {info['probe_max_abs_diff_fp32']:.2e})")
     return 0
+
+
+def argv_value(argv: list[str], key: str) -> str:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), "")
 
 
 if __name__ == "__main__":

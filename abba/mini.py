@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .cli import hydra_arg
 from .modeling import REPO_ROOT
 from .run_folder import default_run_dir, is_finished, run_info, write_atomic, write_json
 
@@ -103,7 +104,7 @@ class Job:
     @property
     def command(self) -> list[str]:
         return [sys.executable, "-m", "abba.train", f"experiment={experiment(self.method)}", f"seed={self.seed}",
-                "resume=true", f"paths.output_root={self.size.output_root}", *self.size.train_overrides,
+                "resume=true", hydra_arg("paths.output_root", self.size.output_root), *self.size.train_overrides,
                 *self.overrides]
 
     @property
@@ -237,8 +238,8 @@ def _run(command: list[str]) -> None:
 def evaluate(model_path: Path, out: Path, size: Size) -> None:
     """eval.run on each benchmark of the size (accuracy + NLL), the same seeded items for every model."""
     for benchmark, items in size.benchmarks:
-        _run([sys.executable, "-m", "eval.run", f"benchmark={benchmark}", f"model_path={model_path}",
-              f"output_dir={out}", "backend=hf", f"batch_size={size.eval_batch_size}", "nll=true",
+        _run([sys.executable, "-m", "eval.run", f"benchmark={benchmark}", hydra_arg("model_path", model_path),
+              hydra_arg("output_dir", out), "backend=hf", f"batch_size={size.eval_batch_size}", "nll=true",
               "subset=random", "subset_seed=0", f"limit={items if items is not None else 'null'}"])
 
 

@@ -13,7 +13,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +34,40 @@ def _is_target(name: str, targets: list[str] | str) -> bool:
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _shared_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """{parameter name: the other names holding the same memory}, for every weight shared between modules.
+
+    Found by the memory itself, not by name lists, so every kind of sharing counts: tied input/output embeddings,
+    one tensor or one module registered in two places.
+    """
+    def key(p: torch.Tensor):
+        if p.device.type == "meta" or p.untyped_storage().nbytes() == 0:  # no memory to compare (meta, ZeRO-3): identity
+            return id(p)
+        return p.device, p.untyped_storage().data_ptr()
+
+    groups: dict[Any, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(key(p), []).append(name)
+    return {n: tuple(o for o in names if o != n) for names in groups.values() if len(names) > 1 for n in names}
+
+
+def _record_untied(model: nn.Module, names: set[str]) -> None:
+    """Tell transformers that the parameters `names` no longer share their tensor (merge_and_unload untied them).
+
+    transformers re-ties by its tied-weights map, switched on by config.tie_word_embeddings (tie_weights(), and on
+    reload, where the saved lm_head would be dropped or replaced by embed_tokens); clear both so they stay apart.
+    """
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    for target in [t for t, s in tied.items() if t in names or s in names]:
+        tied.pop(target)
+    config = getattr(model, "config", None)
+    if config is None or tied:  # other declared ties remain: the one switch would drop them too, so leave it
+        return
+    for cfg in (config, config.get_text_config() if hasattr(config, "get_text_config") else config):
+        if getattr(cfg, "tie_word_embeddings", False):
+            cfg.tie_word_embeddings = False
 
 
 class ABBAModel(nn.Module):
@@ -106,6 +140,9 @@ class ABBAModel(nn.Module):
             self.merge_adapter(safe_merge=safe_merge)
         for name, layer in layers:
             _set_submodule(self.model, name, layer.base_layer)
+        untied = {f"{name}.weight" for name, layer in layers if layer._shared_base}
+        if untied:
+            _record_untied(self.model, untied)
         return self.model
 
     @contextmanager
@@ -154,9 +191,15 @@ def get_abba_model(model: nn.Module, config: ABBAConfig, init: bool = True) -> A
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
     for p in model.parameters():
         p.requires_grad_(False)
+    shared = _shared_parameters(model)
     for index, name in enumerate(names):
         base = model.get_submodule(name)
         layer = ABBALinear(base, config, init_seed=config.seed * 1_000_003 + index if init else None)
+        layer.shared_with = shared.get(f"{name}.weight", ())
+        if layer.shared_with:
+            others = ", ".join(layer.shared_with)
+            warnings.warn(f"ABBA target {name}: its weight is shared with {others} (tied weights). Merging unties "
+                          f"them: {name} gets its own copy of W0 + dW, {others} keeps W0.", stacklevel=2)
         _set_submodule(model, name, layer)
     return ABBAModel(model, config)
 

@@ -13,6 +13,7 @@ An entry's `source` says where the weights come from:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -83,25 +84,72 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
 
 
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def is_local_path(name: str | Path) -> bool:
+    """Whether `name` means a local folder, never a Hub id: it exists, or it is absolute, starts with '.' or '~',
+    has more than one '/', is not a valid Hub id, or its first component is an existing local folder
+    (`merged/nope` beside a `merged/` folder). Everything else (`gpt2`, `meta-llama/Llama-3.2-1B`) is a Hub id."""
+    text = str(name)
+    if Path(text).exists() or text.startswith((".", "~", "/")) or text.count("/") > 1 or not _HUB_ID.match(text):
+        return True
+    return "/" in text and Path(text.split("/", 1)[0]).is_dir()
+
+
+def check_pretrained_path(name: str, what: str = "model") -> None:
+    """Raise ModelSourceError (one line) unless `from_pretrained(name)` can find its files: a local path must be
+    an existing folder (it is never looked up on the Hub); a Hub id must be cached, or the Hub must answer for it
+    (one request, ~0.2 s when the network is down, instead of transformers' retries)."""
+    from .gguf_source import ModelSourceError
+
+    if is_local_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelSourceError(f"{what} folder {name} does not exist"
+                                   + (f" (it is a file; give its folder)" if path.is_file() else ""))
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if _hub_offline():
+        raise ModelSourceError(f"loading {what} {name} from the Hugging Face Hub needs the network, but the Hub is "
+                               f"offline (HF_HUB_OFFLINE=1) and there is no cached copy: use a local folder")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=10)
+    except GatedRepoError:
+        return  # it exists; downloading it needs a token, which from_pretrained reports itself
+    except RepositoryNotFoundError:
+        raise ModelSourceError(f"{what} {name} is neither a local folder nor a model on the Hugging Face Hub "
+                               f"(private models need `hf auth login`)") from None
+    except Exception as exc:  # noqa: BLE001 - any transport failure: DNS, refused connection, timeout, HTTP 5xx
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelSourceError(f"cannot reach the Hugging Face Hub for {what} {name} ({first.strip()}): check the "
+                               f"network, or use a local folder") from None
+
+
 def check_model_source(model_cfg: Mapping[str, Any]) -> None:
-    """Raise ModelSourceError (one line) when the entry's weights cannot be had: a missing or wrong GGUF file, or a
-    Hub id that is neither cached nor reachable while the Hub is offline. Loads nothing."""
-    from .gguf_source import ModelSourceError, check_gguf
+    """Raise ModelSourceError (one line) when the entry's weights cannot be had: a missing or wrong GGUF file, a
+    local folder that does not exist, or a Hub id that is neither cached nor reachable. Loads nothing."""
+    from .gguf_source import check_gguf
 
     cfg = _plain(model_cfg)
     source = model_source(cfg)
     if source == "gguf":
         check_gguf(cfg.get("gguf") or {})
-    elif source == "hub":
-        name = resolve_path(cfg["name_or_path"])
-        if Path(name).is_dir() or not _hub_offline():
-            return
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ModelSourceError(f"model.source=hub needs {name} from the Hugging Face Hub, which is offline "
-                                   f"(HF_HUB_OFFLINE=1) and has no cached copy; use a local folder"
-                                   f"{' or model.source=gguf' if cfg.get('gguf') else ''}")
+    if cfg.get("tokenizer"):
+        check_pretrained_path(resolve_path(cfg["tokenizer"]), "tokenizer")
+    if source == "hub":
+        try:
+            check_pretrained_path(resolve_path(cfg["name_or_path"]))
+        except Exception as exc:
+            if cfg.get("gguf") and "Hugging Face Hub" in str(exc):
+                raise type(exc)(f"{exc}; or use model.source=gguf") from None
+            raise
 
 
 def pretrained_folder(model_cfg: Mapping[str, Any]) -> str:

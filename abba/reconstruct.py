@@ -178,8 +178,43 @@ def run(cfg, overrides: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]
 
     out_dir = Path(s["output_dir"])
     write_csv(results, out_dir / "reconstruction.csv")
-    plot(results, out_dir / "reconstruction.png", title=f"{rows_n} x {cols_n} targets, seed {s['seed']}")
+    plot(results, out_dir / "reconstruction.png", title=grid_title(s), caption=grid_caption(s))
     return results
+
+
+def _grid(s: dict[str, Any]) -> str:
+    ranks = [int(r) for r in s["ranks"]]
+    return (f"{s['size'][0]} x {s['size'][1]} targets (low_rank generator rank {s['generators']['low_rank_rank']}), "
+            f"ranks {min(ranks)}-{max(ranks)}, {s['fit']['steps']} Adam steps, seed {s['seed']}")
+
+
+def _full_settings() -> dict[str, Any]:
+    """configs/reconstruct.yaml without command-line options: the full grid the README quotes."""
+    from omegaconf import OmegaConf
+
+    return settings(OmegaConf.load(REPO_ROOT / "configs" / "reconstruct.yaml"))
+
+
+def grid_name(s: dict[str, Any]) -> str:
+    """'quick grid (quick=true)', 'full grid' (the config's own grid), or 'custom grid' (options changed it)."""
+    if s.get("quick"):
+        return "quick grid (quick=true)"
+    full = _full_settings()
+    keys = ("size", "ranks", "matrices", "generators", "fit", "seed")
+    return "full grid" if all(s.get(k) == full.get(k) for k in keys) else "custom grid"
+
+
+def grid_title(s: dict[str, Any]) -> str:
+    return f"{grid_name(s)}: {_grid(s)}"
+
+
+def grid_caption(s: dict[str, Any]) -> str:
+    """Under a quick or custom grid: the README's numbers come from the full grid, which this is not."""
+    name = grid_name(s)
+    if name == "full grid":
+        return ""
+    return (f"A {name.split(' (')[0]}, not the full grid that the README quotes (results/reconstruction/: "
+            f"{_grid(_full_settings())}); the methods can order differently on the two grids (on low_rank, for one).")
 
 
 @contextmanager
@@ -237,9 +272,20 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """One panel per matrix: relative error against LoRA rank r (= parameters / (rows + cols)), a line per method."""
+def plot(rows: list[dict[str, Any]], path: Path, title: str = "", caption: str = "") -> Path:
+    """reconstruction_figure saved to `path`."""
     from .plots import pyplot, save_figure
+
+    fig = reconstruction_figure(rows, title, caption)
+    save_figure(fig, path)
+    pyplot().close(fig)
+    return path
+
+
+def reconstruction_figure(rows: list[dict[str, Any]], title: str = "", caption: str = ""):
+    """One panel per matrix: relative error against LoRA rank r (= parameters / (rows + cols)), a line per method;
+    `title` names the grid (grid_title), `caption` goes under the panels."""
+    from .plots import pyplot
 
     plt = pyplot()
     names = list(dict.fromkeys(r["matrix"] for r in rows))
@@ -263,11 +309,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    if caption:
+        from .plots import add_caption
+
+        add_caption(fig, [caption], int(fig.get_figwidth() * 14))
+    return fig
 
 
 @hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="reconstruct", version_base="1.3")

@@ -10,19 +10,25 @@ the given overrides (Hydra's compose API, as abba.train would) to learn its run 
 RUN = abba.run_folder.default_run_dir(...), results = <results_dir>/<experiment_name>/seed<k> (scripts/
 *_merge_eval.sh). Training is done when RUN/final/ exists; evaluation when RUN's results metrics.json holds
 every benchmark of the table.
+
+A bad command line (an unknown key such as `trainer.per_device_train_batch_sizee=2`, a wrong value type, an
+environment variable such as `SEEDS=0` given as an argument, an unknown option) exits 2 with one line (abba/cli.py)
+before anything runs: scripts/reproduce.sh stops there too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import UsageError, did_you_mean, fail, one_line_errors
 from .modeling import REPO_ROOT
-from .run_folder import default_run_dir, is_finished
-from .tables import method_key
+from .run_folder import default_run_dir, is_finished, results_folder
+from .tables import is_partial, method_key
 
 #: Table 10 of paper v4: training wall time (h:mm:ss) of LoRA and ABBA on one A6000 48 GB, per model.
 PAPER_TRAIN_TIME = {"llama3_2_1b": ("2:42:17", "2:46:18"), "llama3_2_3b": ("6:05:43", "6:11:26"),
@@ -31,6 +37,10 @@ TABLE_PREFIX = {"table1": "t1_", "table2": "t2_"}
 TABLE_BENCHMARKS = {"table1": ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy",
                                "ARC-Challenge", "openbookqa"), "table2": ("gsm8k", "math")}
 MERGE_EVAL_SCRIPT = {"table1": "scripts/cr_merge_eval.sh", "table2": "scripts/arithmetic_merge_eval.sh"}
+#: scripts/reproduce.sh's environment variables (read from the environment, never from its arguments).
+SCRIPT_ENV = ("SEEDS", "RESULTS_DIR", "EVAL_ARGS", "MERGE_ARGS")
+#: The options scripts/reproduce.sh and this module take; anything else starting with '-' is a typo.
+OPTIONS = ("--dry-run", "--seeds", "--results-dir", "--print")
 
 
 @dataclass
@@ -58,7 +68,8 @@ class Job:
         except json.JSONDecodeError:
             return False
         table = "table1" if self.experiment.startswith("t1_") else "table2"
-        return all(b in done for b in TABLE_BENCHMARKS[table])
+        # A partial evaluation (eval.run limit=N) is not done: the next run evaluates every item.
+        return all(isinstance(done.get(b), dict) and not is_partial(done[b]) for b in TABLE_BENCHMARKS[table])
 
 
 def hours(hms: str) -> float:
@@ -104,7 +115,7 @@ def plan(table: str, seeds: list[int], overrides: list[str], results_root: str =
                 run_dir = Path(resolved["output_dir"] or default_run_dir(resolved["paths"]["output_root"], name,
                                                                         seed, task))
                 jobs.append(Job(experiment, seed, model, method, run_dir,
-                                Path(results_root) / name / f"seed{seed}", est, source))
+                                results_folder(results_root, run_dir, name, seed), est, source))
     return jobs
 
 
@@ -123,8 +134,41 @@ def print_plan(table: str, jobs: list[Job]) -> None:
           f"LoRA's time; evaluation not included)")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage + message over two lines -> one line, exit 2
+        fail(f"{message}; usage: bash scripts/reproduce.sh table1|table2|mini [--dry-run] [hydra overrides...]", 2)
+
+
+def check_overrides(table: str, overrides: list[str]) -> None:
+    """Raise UsageError for a command line abba.train would refuse (checked as abba.train checks its own, with the
+    table's first experiment), for an option nobody takes, and for `SEEDS=0`-style environment variables."""
+    from .hydra_check import CommandLineError, check_command_line
+
+    for arg in overrides:
+        if arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}{did_you_mean(arg.split('=')[0], OPTIONS)}; options: "
+                             f"{', '.join(OPTIONS)}")
+        key = arg.split("=", 1)[0]
+        if "=" in arg and (key in SCRIPT_ENV or re.fullmatch(r"[A-Z][A-Z0-9_]*", key)):
+            raise UsageError(f"{arg} is an environment variable of scripts/reproduce.sh, not an override: set it "
+                             f"before the command: {arg} bash scripts/reproduce.sh {table} ...")
+    experiments = table_experiments(table)
+    try:
+        check_command_line(REPO_ROOT / "configs", "train", [f"experiment={experiments[0]}", "resume=true", *overrides])
+    except CommandLineError as error:
+        raise UsageError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    with one_line_errors(on_interrupt="interrupted: nothing was started; run the same command again"):
+        _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(TABLE_PREFIX))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--results-dir", default="results")
@@ -137,7 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "merge-eval-script":
         print(MERGE_EVAL_SCRIPT[args.table])
         return
-    jobs = plan(args.table, [int(s) for s in args.seeds.split(",")], overrides, args.results_dir)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"seeds {args.seeds!r} (SEEDS or --seeds): expected integers separated by commas, e.g. 0,1,2") from None
+    check_overrides(args.table, overrides)
+    try:
+        jobs = plan(args.table, seeds, overrides, args.results_dir)
+    except (HydraException, OmegaConfBaseException) as error:  # an override one of the table's experiments refuses
+        raise UsageError(str(error).strip().splitlines()[0]) from None
     if args.what == "plan":
         print_plan(args.table, jobs)
     else:  # one run folder a line; nothing at all when there is none

@@ -6,24 +6,30 @@ The name depends only on the command line (never a timestamp), so every rank of 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
 import platform
 import shutil
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from .modeling import REPO_ROOT
 
-#: Overrides that choose where/how a run executes but not what it learns: left out of the folder name
-#: (the experiment and seed are in it already). Exact keys, and prefixes ending in '.' or '/'.
-NAME_EXCLUDED = ("experiment", "seed", "output_dir", "resume", "overwrite", "trainer", "logger",
-                 "dump_init_adapter", "interrupt_at_step", "data.path", "data.num_proc", "trainer.save_steps",
-                 "trainer.save_total_limit", "trainer.logging_steps", "trainer.dataloader_num_workers",
-                 "trainer.disable_tqdm", "paths.", "logger.", "hydra.", "hydra/", "sweep")
+#: Overrides that choose where or how a run executes, not what it learns: left out of the run's identity (the
+#: experiment and seed are in the path already). Exact keys, and prefixes ending in '.' or '/'. Everything else,
+#: group choices (`trainer=zero3`, `+sweep=...`) and data paths included, names a different run.
+NOT_IDENTITY = ("experiment", "seed", "output_dir", "resume", "overwrite", "logger", "overrides",
+                "dump_init_adapter", "interrupt_at_step", "data.num_proc", "trainer.save_steps",
+                "trainer.save_total_limit", "trainer.logging_steps", "trainer.dataloader_num_workers",
+                "trainer.disable_tqdm", "paths.", "logger.", "hydra.", "hydra/")
+#: Longest readable part of a folder name (filesystems allow 255 bytes per component).
+NAME_MAX = 100
+HASH_LEN = 8
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "hydra-core", "safetensors")
 
 
@@ -31,21 +37,57 @@ class RunFolderError(RuntimeError):
     """The run folder exists and may not be reused as asked; the message is one line."""
 
 
-def override_suffix(overrides: Iterable[str]) -> str:
-    """'peft.lr=0.0001,peft.r1=8' from command-line overrides that change what is trained (sorted, '/' -> '_')."""
+def identity_overrides(overrides: Iterable[str]) -> list[str]:
+    """The command-line overrides that change what is trained, as sorted `key=value` strings without +/~."""
     kept = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        if any(key.startswith(ex) if ex[-1] in "./" else key == ex for ex in NAME_EXCLUDED):
+        if any(key.startswith(ex) if ex[-1] in "./" else key == ex for ex in NOT_IDENTITY):
             continue
-        kept.append(item.lstrip("+~").replace("/", "_"))
-    return ",".join(sorted(kept))
+        kept.append(item.lstrip("+~"))
+    return sorted(kept)
+
+
+def override_suffix(overrides: Iterable[str]) -> str:
+    """The run folder's last component: the identity overrides, readable, e.g. 'peft.lr=0.0001,peft.r1=8'.
+
+    A value that is a path shows only its last component, and a name longer than NAME_MAX keeps only the whole
+    overrides that fit; whenever something is left out, '~' and the first HASH_LEN hex digits of the sha256 of
+    all identity overrides follow, so two different runs never share a folder ('data.path=A.jsonl~3f9c01d2').
+    """
+    items = identity_overrides(overrides)
+    shown, hidden = [], False
+    for item in items:
+        key, _, value = item.partition("=")
+        if "/" in value:  # a path (or a list of them): its last component; the hash has the rest
+            value, hidden = value.strip("[]'\" /").rsplit("/", 1)[-1], True
+        shown.append(f"{key.replace('/', '_')}={value}")
+    name = ""
+    for part in shown:
+        candidate = f"{name},{part}" if name else part
+        if len(candidate) > NAME_MAX:
+            hidden = True
+            break
+        name = candidate
+    if hidden:
+        name += "~" + hashlib.sha256("\n".join(items).encode()).hexdigest()[:HASH_LEN]
+    return name
 
 
 def default_run_dir(output_root: str, experiment_name: str, seed: int, overrides: Iterable[str] = ()) -> str:
+    """RUN for a command line: `<output_root>/<experiment_name>/seed<seed>[/<override_suffix>]`."""
     run = Path(output_root) / experiment_name / f"seed{seed}"
     suffix = override_suffix(overrides)
     return str(run / suffix) if suffix else str(run)
+
+
+def results_folder(results_dir: str | Path, run_dir: str | Path, name: str, seed: int) -> Path:
+    """Where a run's merged model and evaluation go: `<results_dir>/<experiment>/seed<k>`, plus the run folder's
+    override suffix when it has one, so two members of a sweep (same experiment and seed) never share it."""
+    parts = Path(run_dir).resolve().parts
+    marker = f"seed{seed}"
+    suffix = parts[len(parts) - parts[::-1].index(marker):] if marker in parts else ()
+    return Path(results_dir).joinpath(name, marker, *suffix)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -68,13 +110,51 @@ def clear_run_folder(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without error,
+    removed otherwise, so a crash never leaves half a file. The temporary file is created by whoever writes it,
+    with a plain open(), so it gets the umask's mode (0644 under umask 022), not mkstemp's 0600."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(Path(run_dir).glob("checkpoint-*"))
+
+
+@contextmanager
+def removed_on_failure(folder: Path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Delete `folder`, and the parents this block created, when the block fails and `keep()` is False.
+
+    For a run that fails before its real work has produced anything (a model that cannot be loaded, a bad value
+    found late, Ctrl-C while tokenizing): the folder it created would otherwise hold a config.yaml that makes the
+    next identical command refuse. A folder that existed before the block is never touched.
+    """
+    folder = Path(folder)
+    first_new = None
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        first_new = candidate
+    try:
+        yield
+    except BaseException:
+        if first_new is not None and first_new.exists() and not keep():
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
 
 
 def git_commit() -> str | None:

@@ -20,6 +20,10 @@ its `model.name`. Without a usable config the experiment name t<N>_<model>_<meth
 A cell is our mean ± sample std (ddof 1) over seeds in %, then (paper; ours − paper). Avg: per seed, the mean
 over the table's benchmarks (seeds missing any benchmark are left out), then mean ± std over seeds.
 Missing numbers are "–" (empty in the CSV), never 0.
+A results folder below `seed<k>` (a sweep member: eval.merge_eval names it after the run folder) is its own
+row, labelled with that name, never averaged with the plain run. Two results folders that claim the same cell
+(table, model, method, sweep member, seed) are refused with one line. A benchmark evaluated with `limit`
+(metrics.json) is partial: its cells carry "†" and the table lists which runs and items.
 
 `mini` (no paper numbers, so no paper/difference columns): a CPU-sized run of Table 1's protocol, e.g.
 SmolLM2-135M-Instruct with ABBA and baselines at the same parameter budget plus the untuned base model
@@ -54,6 +58,7 @@ from .run_folder import write_atomic
 log = logging.getLogger("abba.tables")
 
 MISSING = "–"
+PARTIAL = "†"  # marks a cell evaluated on a subset of its test set (eval.run limit=N)
 PAPER_BASELINE_RANK = 32  # every baseline row of paper v4 Tables 1-2 uses rank 32
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "paper_reference.yaml"
 BENCHMARK_LABELS = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaSwag",
@@ -87,6 +92,8 @@ class RunResult:
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     n_items: dict[str, int] = field(default_factory=dict)  # metrics.json `n` per benchmark
+    variant: str = ""  # the results folder's part after seed<k> (a sweep member's overrides), "" for the plain run
+    partial: dict[str, str] = field(default_factory=dict)  # benchmark -> why it is not the full test set
 
 
 @dataclass
@@ -106,6 +113,8 @@ class Row:
     params: int | None = None
     paper_params: str | None = None
     seeds: list[int] = field(default_factory=list)
+    variant: str = ""
+    partial: set[str] = field(default_factory=set)  # columns with a partial evaluation in any seed (avg included)
 
 
 # ---------------------------------------------------------------- reading runs
@@ -158,6 +167,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
+def is_partial(entry: dict[str, Any]) -> bool:
+    """Whether a metrics.json entry scores a subset of its test set: `limit` was given and that many items were
+    scored (a limit above the set's size scores all of it)."""
+    limit = entry.get("limit")
+    return limit is not None and (entry.get("n") is None or int(entry["n"]) >= int(limit))
+
+
+def variant_of(metrics_path: Path) -> str:
+    """The results folder's components after `seed<k>`: a sweep member's overrides (eval.merge_eval keeps the run
+    folder's name there), so two members of one sweep are two rows, never one mean."""
+    parts = metrics_path.parent.parts
+    seeds = [i for i, part in enumerate(parts) if re.fullmatch(r"seed\d+", part)]
+    return "/".join(parts[seeds[-1] + 1:]) if seeds else ""
+
+
 def load_run(metrics_path: Path, models: list[str]) -> list[RunResult]:
     """The results in one metrics.json (one RunResult; [] when its row cannot be told, with a warning)."""
     try:
@@ -188,10 +212,13 @@ def load_run(metrics_path: Path, models: list[str]) -> list[RunResult]:
             nll[bench] = float(entry["nll"])
         if isinstance(entry, dict) and entry.get("n") is not None:
             n_items[bench] = int(entry["n"])
+    partial = {bench: f"{entry.get('n')} items (limit={entry['limit']}, subset={entry.get('subset', 'first')})"
+               for bench, entry in metrics.items() if isinstance(entry, dict) and is_partial(entry)}
     commit = info.get("git_commit") or next((e.get("git_commit") for e in metrics.values()
                                              if isinstance(e, dict) and e.get("git_commit")), None)
     return [RunResult(table, model, method, int(seed), scores, info.get("trainable_params"), commit,
-                      _hardware_label(info), str(metrics_path), nll, cfg, info, n_items)]
+                      _hardware_label(info), str(metrics_path), nll, cfg, info, n_items, variant_of(metrics_path),
+                      partial)]
 
 
 def collect_runs(results_dir: Path, models: list[str], exclude: Path | None = None) -> list[RunResult]:
@@ -204,11 +231,12 @@ def collect_runs(results_dir: Path, models: list[str], exclude: Path | None = No
         if exclude is not None and exclude.resolve() in path.resolve().parents:
             continue
         for run in load_run(path, models):
-            key = (run.table, run.model, run.method, run.seed)
-            if key in seen:
-                log.warning("%s repeats %s seed %d of %s: ignored", path, run.method, run.seed, seen[key])
-                continue
-            seen[key] = run.path
+            key = (run.table, run.model, run.method, run.variant, run.seed)
+            if key in seen:  # two results folders claim one cell: a mean over them would mix two runs
+                raise TablesError(f"{seen[key]} and {path} are both {run.method} seed {run.seed} of {run.model} "
+                                  f"({run.table}): move one out of {results_dir} or evaluate it into its run's "
+                                  f"own results folder")
+            seen[key] = str(path)
             runs.append(run)
     return runs
 
@@ -263,16 +291,22 @@ def first_params(runs: list, what: str) -> int | None:
 def build_rows(spec: dict[str, Any], model: str, runs: list[RunResult]) -> list[Row]:
     """The paper's rows in the paper's order, then any other method we ran, each with its cells."""
     paper_methods = spec["models"].get(model, {}).get("methods", {})
-    ours = {r.method for r in runs if r.model == model}
-    keys = list(paper_methods) + sorted(ours - set(paper_methods))
+    ours = {(r.method, r.variant) for r in runs if r.model == model}
+    # The paper's rows in its order (our plain runs in them), then sweep members and other methods as own rows.
+    keys = [(m, "") for m in paper_methods] + sorted(ours - {(m, "") for m in paper_methods})
     rows = []
-    for key in keys:
-        paper = paper_methods.get(key, {})
-        mine = sorted((r for r in runs if r.model == model and r.method == key), key=lambda r: r.seed)
-        row = Row(key, paper.get("label") or method_label(key), paper_params=paper.get("params"),
+    for key, variant in keys:
+        paper = paper_methods.get(key, {}) if not variant else {}
+        mine = sorted((r for r in runs if r.model == model and r.method == key and r.variant == variant),
+                      key=lambda r: r.seed)
+        label = paper.get("label") or method_label(key)
+        row = Row(key, f"{label} ({variant})" if variant else label, paper_params=paper.get("params"),
                   paper={b: float(paper[b]) for b in spec["benchmarks"] + ["avg"] if b in paper},
-                  seeds=[r.seed for r in mine])
+                  seeds=[r.seed for r in mine], variant=variant)
         row.cells.update(seed_cells([r.scores for r in mine], spec["benchmarks"], spec["avg"]))
+        row.partial = {b for r in mine for b in r.partial if b in spec["benchmarks"]}
+        if row.partial and spec["avg"]:
+            row.partial.add("avg")
         row.params = first_params(mine, f"{model}/{key}")
         rows.append(row)
     return rows
@@ -326,9 +360,14 @@ def render_markdown(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]
                   "|---|---|---|" + "---|" * len(cols)]
         for row in rows:
             params = format_params(row.params) + (f" ({row.paper_params})" if row.paper_params else "")
-            cells = [format_cell(row.cells[c], row.paper.get(c)) for c in cols]
+            cells = [format_cell(row.cells[c], row.paper.get(c)) + (f" {PARTIAL}" if c in row.partial else "")
+                     for c in cols]
             lines.append(f"| {row.label} | {params} | {len(row.seeds)} | " + " | ".join(cells) + " |")
         lines.append("")
+    partial = sorted({f"{r.path}: {bench} {why}" for r in runs for bench, why in r.partial.items()})
+    if partial:
+        lines += [f"{PARTIAL} Partial evaluation (a subset of the test set, not comparable to the paper's number):",
+                  "", *[f"- {entry}" for entry in partial], ""]
     return "\n".join(lines)
 
 
@@ -349,6 +388,8 @@ def render_latex(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]]) 
     width = 3 + len(cols)
     caption = _latex_escape(f"{spec['title']}: ours (mean $\\pm$ std over seeds) with the paper's number and "
                             f"the difference in brackets" + (f" ({spec['citation']})." if spec["citation"] else "."))
+    if any(row.partial for rows in blocks.values() for row in rows):
+        caption += " $^\\dagger$Evaluated on a subset of the test set (limit), not comparable to the paper."
     lines = ["% Generated by python -m abba.tables; needs \\usepackage{booktabs}.", "\\begin{table}[t]",
              "\\centering", "\\resizebox{\\linewidth}{!}{%", f"\\begin{{tabular}}{{lrr{'c' * len(cols)}}}",
              "\\toprule",
@@ -359,7 +400,8 @@ def render_latex(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]]) 
                   "\\midrule"]
         for row in rows:
             params = format_params(row.params).replace(MISSING, "--")
-            cells = [_latex_cell(row.cells[c], row.paper.get(c)) for c in cols]
+            cells = [_latex_cell(row.cells[c], row.paper.get(c)) + ("$^\\dagger$" if c in row.partial else "")
+                     for c in cols]
             lines.append(f"{_latex_escape(row.label)} & {params} & {len(row.seeds)} & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}}", f"\\caption{{{caption}}}", f"\\label{{tab:{name}}}",
               "\\end{table}", ""]
@@ -367,7 +409,7 @@ def render_latex(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]]) 
 
 
 CSV_FIELDS = ("table", "model", "method", "method_label", "benchmark", "n_seeds", "mean", "std", "paper", "diff",
-              "params", "paper_params")
+              "params", "paper_params", "partial")
 
 
 def _num(x: float | None) -> str:
@@ -386,7 +428,7 @@ def render_csv(name: str, spec: dict[str, Any], blocks: dict[str, list[Row]]) ->
                 diff = None if stat.mean is None or paper is None else stat.mean - paper
                 writer.writerow([name, model, row.method, row.label, col, stat.n, _num(stat.mean), _num(stat.std),
                                  _num(paper), _num(diff), row.params if row.params is not None else "",
-                                 row.paper_params or ""])
+                                 row.paper_params or "", "true" if col in row.partial else ""])
     return buf.getvalue()
 
 
@@ -531,8 +573,11 @@ def mini_description(blocks: dict[str, list[Row]], runs: list[RunResult], labels
     training = (f"{_distinct(r.info.get('n_train_examples') for r in tuned)} training examples ({data}), "
                 f"{_distinct(r.info.get('global_step') for r in tuned)} optimizer steps of "
                 f"{_distinct(_global_batch(r) for r in tuned)} sequences")
-    items = ", ".join(f"{BENCHMARK_LABELS[b]} {_distinct(r.n_items.get(b) for r in runs)}" for b in MINI_BENCHMARKS)
-    return f"Model: {models}. Tuned runs: {training}. Evaluated items: {items}."
+    items = ", ".join(f"{BENCHMARK_LABELS[b]} {_distinct(r.n_items.get(b) for r in runs)}"
+                      + (f" {PARTIAL}" if any(b in r.partial for r in runs) else "") for b in MINI_BENCHMARKS)
+    partial = (f" {PARTIAL} a seeded subset of the test set (eval.run limit), the same items for every run: partial, "
+               f"not comparable to full-test-set numbers." if any(r.partial for r in runs) else "")
+    return f"Model: {models}. Tuned runs: {training}. Evaluated items: {items}.{partial}"
 
 
 def _mini_text(stat: Stat, metric: str, dash: str = MISSING, pm: str = " ± ") -> str:
@@ -635,7 +680,7 @@ def write_mini(output_dir: Path, runs: list[RunResult], plots: bool) -> Path:
         from .plots import mini_chart
 
         mini_chart(blocks, {m: majority[m].rate.get("avg") for m in blocks}, labels, output_dir / "mini.png",
-                   title=f"mini: {MINI_TITLE}")
+                   title=f"mini: {MINI_TITLE}", runs=runs)
     return output_dir / "mini.md"
 
 
@@ -685,28 +730,38 @@ def build_tables(results_dir: str | Path, output_dir: str | Path, reference: str
         if plots:
             from .plots import table_bar_chart
 
-            table_bar_chart(spec, blocks, output_dir / f"{name}.png", title=f"{name}: {spec['title']}")
+            table_bar_chart(spec, blocks, output_dir / f"{name}.png", title=f"{name}: {spec['title']}",
+                            runs=table_runs)
         written[name] = output_dir / f"{name}.md"
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: a bad argument exits 2, a missing or unreadable input 1, each with one line (abba/cli.py)."""
     from omegaconf import OmegaConf
 
-    args = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-    unknown = set(args) - {"results_dir", "output_dir", "reference", "plots", "tables"}
-    try:
-        if unknown:
-            raise TablesError(f"unknown argument(s) {', '.join(sorted(unknown))}; "
-                              "use results_dir=, output_dir=, reference=, plots=, tables=")
+    from .cli import UsageError, did_you_mean, one_line_errors, unknown_options
+
+    with one_line_errors(refusals=(TablesError,), on_interrupt="interrupted: tables already written are complete "
+                                                               "(each is written whole); run the same command again"):
+        try:
+            args = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+        except Exception as error:  # noqa: BLE001 - a malformed key=value: say which, in one line
+            raise UsageError(str(error).splitlines()[0]) from None
+        unknown_options(args, ("results_dir", "output_dir", "reference", "plots", "tables"),
+                        "use results_dir=, output_dir=, reference=, plots=, tables=")
         results_dir = args.get("results_dir", "results")
         tables = args.get("tables", TABLE_ORDER)
         tables = tuple(tables.split(",")) if isinstance(tables, str) else tuple(tables)
+        for name in tables:  # checked here so that a misspelt table is a usage error (exit 2)
+            if name not in TABLE_ORDER:
+                raise UsageError(f"unknown table {name}{did_you_mean(name, TABLE_ORDER)}; tables: "
+                                 f"{', '.join(TABLE_ORDER)}")
+        if not Path(str(results_dir)).is_dir():
+            raise TablesError(f"results_dir={results_dir} does not exist: pass the folder the evaluations wrote "
+                              f"(results/, or RESULTS_DIR of scripts/*_merge_eval.sh)")
         written = build_tables(results_dir, args.get("output_dir", f"{results_dir}/tables"),
                                args.get("reference", DEFAULT_REFERENCE), bool(args.get("plots", True)), tables)
-    except TablesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     for name, path in written.items():
         print(f"{name}: {path} (+ .tex .csv{' .png' if args.get('plots', True) else ''})")
 

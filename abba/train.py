@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -28,8 +29,8 @@ from .data import DataError, build_train_dataset, check_data_source
 from .gguf_source import ModelSourceError
 from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, torch_dtype
 from .official_code import apply_official_code
-from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, is_finished,
-                         run_info, write_atomic, write_json)
+from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, has_checkpoint,
+                         is_finished, removed_on_failure, run_info, write_atomic, write_json)
 
 log = logging.getLogger("abba.train")
 NOT_TRAINING_ARGS = ("name", "deepspeed", "keep_global_batch", "bf16", "warmup_ratio")
@@ -51,6 +52,17 @@ def _validate(cfg: DictConfig) -> None:
                                "original W0 needs the full weights; use trainer=zero2 or trainer=single")
     if cfg.table not in (None, "table1", "table2", "mini"):
         raise TrainConfigError(f"table must be table1, table2, mini or null, got {cfg.table!r}")
+    # Build the method's config object now: its validation (ABBAConfig.__post_init__, peft's configs) refuses a
+    # bad value (peft.r1=abc) before anything is written or loaded, not after the model is built.
+    from .baselines import abba_config, peft_config
+
+    try:
+        if cfg.peft.method == "abba":
+            abba_config(cfg.peft, seed=int(cfg.seed))
+        elif cfg.peft.method != "full":
+            peft_config(cfg.peft)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TrainConfigError(f"peft: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _on_gpu() -> bool:
@@ -203,6 +215,25 @@ def fit(cfg: DictConfig):
         # Wrap the process group torch already has, so deepspeed.zero.Init (ZeRO-3 model creation) sees it.
         deepspeed.init_distributed(dist_backend="gloo" if not _on_gpu() else "nccl")
     is_main = args.process_index == 0
+    # A new run that fails before its first checkpoint (a model that cannot be loaded, Ctrl-C while tokenizing)
+    # takes the folder it created with it, so the same command can simply be run again.
+    with removed_on_failure(run_dir, keep=lambda: has_checkpoint(run_dir)) if is_main and not had_content \
+            else nullcontext():
+        return _build_and_train(cfg, args, run_dir, is_main, had_content, single_process_weights)
+
+
+def _load(what: str, model_cfg, load):
+    """`load()`, with a failure to find or fetch the files turned into one ModelSourceError line."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:  # missing/unreachable files (OSError), unreadable config.json (ValueError)
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelSourceError(f"cannot load the {what} of model {model_cfg.get('name_or_path') or model_cfg.name}: "
+                               f"{first}") from None
+
+
+def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_content: bool,
+                     single_process_weights):
     with args.main_process_first(local=False, desc="run folder"):
         if is_main:
             if cfg.overwrite:
@@ -210,11 +241,12 @@ def fit(cfg: DictConfig):
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = _load("tokenizer", cfg.model, lambda: load_tokenizer(cfg.model))
     with args.main_process_first(local=False, desc="tokenizing"):
         dataset, n_truncated = build_train_dataset(cfg.data, tokenizer)
 
-    base = build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype), seed=int(cfg.seed))  # ZeRO-3: partitioned
+    base = _load("weights", cfg.model, lambda: build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype),
+                                                           seed=int(cfg.seed)))  # ZeRO-3: partitioned
     if single_process_weights is not None:
         _copy_into_zero3(base, single_process_weights, is_main)
         del single_process_weights
@@ -272,21 +304,58 @@ def fit(cfg: DictConfig):
     return loss, model
 
 
+def _interrupted(cfg: DictConfig) -> str:
+    run_dir = Path(cfg.output_dir)
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+        if run_dir.is_dir() else []
+    if checkpoints:
+        return f"interrupted: {run_dir} keeps {checkpoints[-1].name}; run the same command with resume=true to continue"
+    return "interrupted before the first checkpoint: nothing was kept; run the same command again to start over"
+
+
 @hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point: name the run folder from the command line, then `train(cfg)`; known errors exit 2
-    with one line on stderr."""
+    """Hydra entry point: name the run folder from the command line (recorded in config.yaml as `overrides`),
+    then `train(cfg)`. Known failures print one line (abba.cli): a bad value exits 2, a refusal or a missing or
+    unreachable model or data file exits 1, Ctrl-C exits 130 and says how to resume."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    if cfg.output_dir is None:
-        overrides = HydraConfig.get().overrides.task
-        with open_dict(cfg):
-            cfg.output_dir = default_run_dir(cfg.paths.output_root, cfg.experiment_name, cfg.seed, overrides)
+    from . import sweep
+    from .cli import INTERRUPTED, REFUSED, USAGE, fail
+
+    # As typed: reading the list through OmegaConf would resolve `${paths.data_dir}` inside an override and make
+    # the folder name depend on the environment (and differ from abba.mini's and abba.reproduce's).
+    task = [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
+    with open_dict(cfg):
+        cfg.overrides = [o.replace("${", "\\${") for o in task]  # recorded as typed, not resolved in config.yaml
+        if cfg.output_dir is None:
+            cfg.output_dir = default_run_dir(cfg.paths.output_root, cfg.experiment_name, cfg.seed, task)
+    print(f"abba.train: run folder {cfg.output_dir}", flush=True)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    finished_before = bool(cfg.resume) and is_finished(Path(cfg.output_dir))
     try:
-        return train(cfg)
+        loss = train(cfg)
     except (TrainConfigError, RunFolderError, DataError, ModelSourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            fail(str(exc), USAGE if isinstance(exc, TrainConfigError) else REFUSED)
+        # In a sweep one job's refusal must not stop the others: say it in one line, let Hydra go on.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sweep.record("refused", str(exc))
+        return float("nan")
+    except KeyboardInterrupt:
+        fail(_interrupted(cfg), INTERRUPTED)
+    except Exception as exc:  # a bug: keep its traceback, but in a sweep let the other jobs run
+        if not multirun:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        sweep.record("failed", f"{cfg.output_dir}: {type(exc).__name__}: {exc} (traceback above)")
+        return float("nan")
+    sweep.record("skipped" if finished_before else "trained",
+                 f"{cfg.output_dir}" + (" (already finished)" if finished_before else f" (loss {loss:.4g})"))
+    return loss
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ metrics (the table builder reads them), then the merged weights are deleted unle
 evaluating run as separate processes, so the GPU is free for vLLM after the merge. A re-run skips a finished
 merge and resumes the evaluation. Environment: EVAL_ARGS / MERGE_ARGS (extra key=value arguments, e.g.
 EVAL_ARGS="limit=50 backend=hf"), RESULTS_DIR (default results), KEEP_MERGED.
+
+Failures (abba/cli.py): a run that cannot be merged or evaluated gets one `error:` line (abba.merge's or eval.run's
+own, or this script's), the other runs go on, and the exit status is 1; a bad command line exits 2; Ctrl-C exits 130
+(finished merges are kept and evaluations resume: run the same command again).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from abba.cli import INTERRUPTED, UsageError, fail, hydra_arg, one_line_errors
+from abba.run_folder import results_folder
+
 #: The data task each group evaluates (RUN/config.yaml `data.task`).
 TASKS = {"arithmetic": "arithmetic", "commonsense": "commonsense"}
 
@@ -32,24 +39,18 @@ class RunError(RuntimeError):
 
 def run_identity(run_dir: Path, group: str) -> tuple[str, int]:
     config_path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} does not exist: pass training run folders (outputs/<experiment>/seed<k>)")
     if not config_path.is_file():
-        raise RunError(f"{run_dir} has no config.yaml: not a training run folder")
+        raise RunError(f"{run_dir} has no config.yaml, so it is not a training run folder: pass "
+                       f"outputs/<experiment>/seed<k>")
     if not (run_dir / "final").is_dir():
-        raise RunError(f"{run_dir} has no final/ adapter: the run is not finished")
+        raise RunError(f"{run_dir} has no final/ adapter: the run is not finished; finish it with resume=true")
     config = yaml.safe_load(config_path.read_text())
     task = (config.get("data") or {}).get("task")
     if task and task != TASKS[group]:
         raise RunError(f"{run_dir} was trained on {task} data; evaluate it with the {task} group, not {group}")
     return str(config["experiment_name"]), int(config["seed"])
-
-
-def results_folder(results_dir: Path, run_dir: Path, name: str, seed: int) -> Path:
-    """results/<experiment>/seed<k>, plus the run folder's override suffix when it has one (a sweep's runs share
-    experiment and seed: RUN = <output_root>/<experiment>/seed<k>/<overrides>, see abba.run_folder)."""
-    parts = run_dir.resolve().parts
-    marker = f"seed{seed}"
-    suffix = parts[len(parts) - parts[::-1].index(marker):] if marker in parts else ()
-    return results_dir.joinpath(name, marker, *suffix)
 
 
 def merge_and_evaluate(run_dir: Path, group: str, results_dir: Path, eval_args: list[str], merge_args: list[str],
@@ -58,10 +59,11 @@ def merge_and_evaluate(run_dir: Path, group: str, results_dir: Path, eval_args: 
     out = results_folder(results_dir, run_dir, name, seed)
     merged = out / "merged"
     if not (merged / "merge_info.json").is_file():  # merge renames a complete folder into place
-        subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={run_dir / 'final'}",
-                        f"output_dir={merged}", *merge_args], check=True)
-    subprocess.run([sys.executable, "-m", "eval.run", f"benchmark={group}", f"model_path={merged}",
-                    f"output_dir={out}", *eval_args], check=True)
+        _run([sys.executable, "-m", "abba.merge", f"adapter_dir={run_dir / 'final'}", f"output_dir={merged}",
+              *merge_args])
+    # Quoted for Hydra: a sweep member's folder name holds '=' and ','.
+    _run([sys.executable, "-m", "eval.run", f"benchmark={group}", hydra_arg("model_path", merged),
+          hydra_arg("output_dir", out), *eval_args])
     for file in ("config.yaml", "run_info.json"):
         if (run_dir / file).is_file():
             shutil.copy2(run_dir / file, out / file)
@@ -70,10 +72,44 @@ def merge_and_evaluate(run_dir: Path, group: str, results_dir: Path, eval_args: 
     return out
 
 
+class ChildFailed(RuntimeError):
+    """abba.merge or eval.run exited non-zero; it has printed its own one-line error."""
+
+    def __init__(self, code: int):
+        super().__init__(f"exit status {code}")
+        self.code = code
+
+
+def _run(command: list[str]) -> None:
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child too: let it save what it has and say so (eval.run keeps its samples).
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise KeyboardInterrupt from None
+        raise ChildFailed(code if code > 0 else INTERRUPTED) from None
+    if code:
+        raise ChildFailed(code)
+
+
 def main(argv: list[str]) -> int:
+    try:
+        with one_line_errors(on_interrupt="interrupted: finished merges are kept and evaluations resume: run the "
+                                          "same command again"):
+            return _main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def _main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in TASKS:
-        print(f"usage: python -m eval.merge_eval {{{'|'.join(TASKS)}}} RUN_DIR...", file=sys.stderr)
-        return 2
+        raise UsageError(f"expected a group ({', '.join(TASKS)}) and run folders, got {' '.join(argv) or 'nothing'}; "
+                         f"usage: python -m eval.merge_eval {{{'|'.join(TASKS)}}} RUN_DIR...")
     group, runs = argv[0], [Path(r) for r in argv[1:]]
     results_dir = Path(os.environ.get("RESULTS_DIR", "results"))
     eval_args = shlex.split(os.environ.get("EVAL_ARGS", ""))
@@ -84,11 +120,16 @@ def main(argv: list[str]) -> int:
         try:
             out = merge_and_evaluate(run, group, results_dir, eval_args, merge_args, keep)
             print(f"{run} -> {out}", flush=True)
-        except (RunError, subprocess.CalledProcessError) as error:
-            print(f"eval.merge_eval: {run}: {error}", file=sys.stderr, flush=True)
+        except RunError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
             failed.append(str(run))
-    if failed:
-        print(f"eval.merge_eval: {len(failed)} of {len(runs)} runs failed: {' '.join(failed)}", file=sys.stderr)
+        except ChildFailed as error:  # the child said why in its own `error:` line
+            if error.code == INTERRUPTED:
+                sys.exit(INTERRUPTED)
+            failed.append(str(run))
+    if failed and len(runs) > 1:  # with one run, its own line says it all
+        fail(f"{len(failed)} of {len(runs)} runs failed: {' '.join(failed)}: fix them and run the same command "
+             f"again (finished merges and evaluations are kept)")
     return 1 if failed else 0
 
 

@@ -15,6 +15,8 @@ from eval_helpers import one_thread  # noqa: F401  (fixture)
 from train_helpers import compose_train
 
 FIELDS = {"id", "prompt", "completion", "prediction", "gold", "correct"}
+# The released evaluators' stop strings, for GSM8K, MATH and the commonsense sets alike.
+STOP_STRINGS = ["Instruction:", "Instruction", "Response:", "Response"]
 
 
 def _records(path):
@@ -44,9 +46,10 @@ def test_train_merge_evaluate_gsm8k_and_boolq(shared_data, tmp_path, tokenizer, 
         assert entry["model_path"] == str(tmp_path / "merged") and "git_commit" in entry
     assert metrics["gsm8k"]["decoding"]["do_sample"] is False
     assert metrics["gsm8k"]["decoding"]["max_new_tokens"] == 256
-    assert metrics["gsm8k"]["decoding"]["stop"] == ["Instruction:", "Instruction", "Response:", "Response"]
+    assert metrics["gsm8k"]["decoding"]["stop"] == STOP_STRINGS
     assert metrics["boolq"]["decoding"] | {"seed": 0} == {"max_new_tokens": 32, "do_sample": True, "temperature": 0.1,
-                                                         "top_p": 0.75, "top_k": 40, "stop": [], "seed": 0}
+                                                         "top_p": 0.75, "top_k": 40, "stop": STOP_STRINGS,
+                                                         "seed": 0}
 
     raw = [json.loads(line) for line in (shared_data / "math_eval" / "gsm8k_test.jsonl").open()][:20]
     gsm8k, boolq = _records(out / "samples_gsm8k.jsonl"), _records(out / "samples_boolq.jsonl")
@@ -61,6 +64,7 @@ def test_train_merge_evaluate_gsm8k_and_boolq(shared_data, tmp_path, tokenizer, 
         assert record["correct"] == (record["prediction"] == record["gold"])
     assert metrics["gsm8k"]["accuracy"] == sum(r["correct"] for r in gsm8k.values()) / 20
     assert all(r["prompt"].endswith("### Response:\n") and r["gold"] in ("true", "false") for r in boolq.values())
+    assert all(truncate_at_stop(r["completion"], ARITHMETIC_STOP) == r["completion"] for r in boolq.values())
 
     # Left padding must not change greedy decoding: the batches mixed prompts of different lengths.
     lengths = {len(tokenizer(r["prompt"])["input_ids"]) for r in gsm8k.values()}

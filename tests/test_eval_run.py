@@ -10,7 +10,7 @@ import torch
 
 from abba.merge import merge
 from eval.backends.hf import HFBackend
-from eval.benchmarks import DataMissingError, resolve
+from eval.benchmarks import BENCHMARKS, DataMissingError, load_items, resolve
 from eval.rescore import main as rescore_main
 from eval.run import SimulatedInterrupt, evaluate, load_config
 from eval_helpers import abba_run, one_thread  # noqa: F401  (fixture)
@@ -147,8 +147,9 @@ def _hand_written_gsm8k(tmp_path, model_path):
     out = tmp_path / "out"
     out.mkdir()
     completions = ["The answer is: 2.6", "The answer is: 10", "The answer is: 6.9"]  # rounding makes 1 and 3 right
+    prompts = [item.prompt for item in load_items(BENCHMARKS["gsm8k"], tmp_path, data)]  # as the run built them
     (out / "samples_gsm8k.jsonl").write_text("".join(json.dumps(
-        {"id": str(i), "prompt": f"q{i}?", "completion": c, "prediction": None, "gold": g, "correct": False,
+        {"id": str(i), "prompt": prompts[i], "completion": c, "prediction": None, "gold": g, "correct": False,
          "model_path": str(model_path)}) + "\n" for i, (c, g) in enumerate(zip(completions, golds))))
     return data, out
 
@@ -168,3 +169,106 @@ def test_samples_of_another_model_are_refused(merged_model, tmp_path, generated)
     with pytest.raises(ValueError, match="some_other_model"):
         evaluate(_config(merged_model, out, "benchmark=gsm8k", f"data_file={data}"))
     assert generated == [] and not (out / "metrics.json").exists()
+
+
+# ----------------------------------------- commonsense stop strings (the released evaluator's; issue 10, section 6)
+ALPACA_STOP = ["Instruction:", "Instruction", "Response:", "Response"]
+
+
+def test_commonsense_hf_generation_stops_and_is_cut_at_the_stop_strings(merged_model, tmp_path, monkeypatch, tokenizer):
+    from transformers.generation.utils import GenerationMixin
+
+    data = tmp_path / "boolq.json"
+    data.write_text(json.dumps([{"instruction": f"Is {i} even?", "input": "", "output": "", "answer": gold}
+                                for i, gold in enumerate(["true", "false", "true"])]))
+    tail = tokenizer(" I think\n\n### Response: true", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    stopped = []
+
+    def generate(self, input_ids=None, stopping_criteria=None, **kwargs):  # the model "writes" a new prompt block
+        output = torch.cat([input_ids, tail.expand(len(input_ids), -1)], dim=1)
+        stopped.extend(stopping_criteria[0](output, None).tolist())  # HF's own stop check on these sequences
+        return output
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate)
+    out = tmp_path / "out"
+    result = evaluate(_config(merged_model, out, "benchmark=boolq", f"data_file={data}"))["boolq"]
+    assert stopped == [True, True, True]
+    records = _lines(out / "samples_boolq.jsonl")
+    assert [r["completion"] for r in records] == [" I think\n\n### "] * 3  # uncut, "true" would score 2 of 3
+    assert all(r["prediction"] is None and r["correct"] is False for r in records)
+    assert result["accuracy"] == 0.0 and result["n_invalid"] == 3
+    assert json.loads((out / "metrics.json").read_text())["boolq"]["decoding"]["stop"] == ALPACA_STOP
+
+
+def test_commonsense_vllm_generation_gets_the_stop_strings_and_is_cut(monkeypatch):
+    import sys
+    import types
+
+    from eval.backends.vllm import VLLMBackend
+    from eval.benchmarks import BENCHMARKS
+
+    params = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def generate(self, prompts, sampling, use_tqdm=True):  # as if vLLM had ignored the stop strings
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="answer1\n\n### Instruction: answer2")])
+                    for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: params.update(kw)))
+    bench = BENCHMARKS["ARC-Easy"]
+    completions = [c for batch in VLLMBackend("unused").generate(["p1", "p2"], bench.decoding, bench.stop, seed=3)
+                   for _, c in batch]
+    assert params["stop"] == ALPACA_STOP and params["temperature"] == 0.1 and params["top_k"] == 40
+    assert completions == ["answer1\n\n### "] * 2
+
+
+def test_rescore_cuts_saved_commonsense_completions_at_the_stop_strings(tmp_path, capsys):
+    # A samples file written before the stop strings were added: rescoring gives the released evaluator's scores.
+    source = tmp_path / "in.jsonl"
+    pairs = [("Response: answer2", "answer2"), ("answer1\n\n### Instruction: Pick one.\n\n### Response: answer2", "answer1"),
+             ("answer2", "answer2"), ("answer3\n### Response: answer4", "answer4")]
+    source.write_text("".join(json.dumps({"id": str(i), "completion": c, "gold": g}) + "\n" for i, (c, g) in enumerate(pairs)))
+    rescore_main(["benchmark=ARC-Easy", f"input={source}", f"output={tmp_path / 'out.jsonl'}"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy=0.5"
+    assert [r["prediction"] for r in _lines(tmp_path / "out.jsonl")] == [None, "answer1", "answer2", "answer3"]
+
+
+def test_other_generation_settings_regenerate_never_reuse(merged_model, tmp_path, generated, one_thread):
+    """Issue 11: evaluating into a folder with max_new_tokens=16, then without it, reused the 16-token
+    completions while metrics.json claimed 256. Every changed setting now regenerates what it changes."""
+    out = tmp_path / "out"
+    short = evaluate(_config(merged_model, out, "benchmark=boolq", "limit=4", "max_new_tokens=4"))["boolq"]
+    records = _lines(out / "samples_boolq.jsonl")
+    assert len(generated) == 4 and all(r["generation"]["decoding"]["max_new_tokens"] == 4 for r in records)
+    generated.clear()
+    evaluate(_config(merged_model, out, "benchmark=boolq", "limit=4", "max_new_tokens=4"))  # same: all reused
+    assert generated == []
+    full = evaluate(_config(merged_model, out, "benchmark=boolq", "limit=4"))["boolq"]
+    records = _lines(out / "samples_boolq.jsonl")
+    assert len(generated) == 4 and len(records) == 4  # every item generated again, none kept twice
+    assert {r["generation"]["decoding"]["max_new_tokens"] for r in records} == {full["decoding"]["max_new_tokens"]}
+    assert short["decoding"]["max_new_tokens"] == 4 and full["decoding"]["max_new_tokens"] > 4
+    generated.clear()
+    evaluate(_config(merged_model, out, "benchmark=boolq", "limit=4", "seed=1"))  # another sampling seed
+    assert len(generated) == 4
+
+
+def test_rescore_refuses_a_samples_file_of_another_benchmark(tmp_path, capsys):
+    """Issue 11: `eval.rescore benchmark=math` on a GSM8K samples file printed accuracy=0.01 with no warning."""
+    record = {"id": "0", "prompt": "p", "completion": "The answer is: 18", "gold": "18", "prediction": None,
+              "correct": None}
+    tagged = tmp_path / "renamed.jsonl"
+    tagged.write_text(json.dumps({**record, "benchmark": "gsm8k"}) + "\n")
+    legacy = tmp_path / "samples_gsm8k.jsonl"  # written before records named their benchmark
+    legacy.write_text(json.dumps(record) + "\n")
+    for path, says in ((tagged, "its records say so"), (legacy, "its name says so")):
+        with pytest.raises(SystemExit) as exit_info:
+            rescore_main(["benchmark=math", f"input={path}", f"output={tmp_path / 'out.jsonl'}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and len(err) == 1 and f"holds samples of gsm8k ({says}), not math" in err[0]
+        assert "pass benchmark=gsm8k" in err[0] and not (tmp_path / "out.jsonl").exists()
+    rescore_main(["benchmark=gsm8k", f"input={tagged}", f"output={tmp_path / 'out.jsonl'}"])  # its own: scored
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy=1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from fractions import Fraction
 
@@ -133,6 +134,51 @@ def test_commonsense_golds_and_scoring(shared_data, name):
     assert all(scorer.score(f"the correct answer is {item.gold}", item.gold)["correct"] for item in items)
     wrong = [vocabulary[(vocabulary.index(item.gold) + 1) % len(vocabulary)] for item in items]
     assert not any(scorer.score(f"The correct answer is {w}", item.gold)["correct"] for w, item in zip(wrong, items))
+
+
+# The released ABBA evaluator (instruction_tuning_eval/commonsense_eval.py), written out independently: vLLM stops
+# at the first of these strings and drops it and what follows; extract_answer takes the first vocabulary word of
+# completion.strip().lower(), "" when there is none; correct iff it equals the gold answer.
+RELEASED_STOP = ["Instruction:", "Instruction", "Response:", "Response"]
+
+
+def _released_score(completion: str, gold: str, vocabulary: tuple[str, ...]) -> bool:
+    cuts = [completion.index(s) for s in RELEASED_STOP if s in completion]
+    text = completion[:min(cuts)] if cuts else completion
+    found = re.findall("|".join(vocabulary), text.strip().lower())
+    return (found[0] if found else "") == gold
+
+
+@pytest.mark.parametrize("name", GROUPS["commonsense"])
+def test_commonsense_specs_stop_where_the_released_evaluator_stops(name):
+    assert list(BENCHMARKS[name].stop) == RELEASED_STOP
+
+
+def test_commonsense_completion_is_cut_at_the_first_stop_string_before_scoring():
+    scorer = BENCHMARKS["ARC-Easy"].make_scorer({})
+    # Hand-checked: the cut leaves "", which has no answer word: invalid, hence wrong (it was "answer2", right).
+    assert scorer.score("Response: answer2", "answer2") == {"prediction": None, "correct": False}
+    # The answer before the model starts a new prompt block counts; the one after it does not.
+    tail = "answer1\n\n### Instruction: Which is larger?\n\n### Response: answer2"
+    assert scorer.score(tail, "answer1") == {"prediction": "answer1", "correct": True}
+    assert scorer.score(tail, "answer2") == {"prediction": "answer1", "correct": False}
+    assert scorer.score("the correct answer is\n\n### Response: answer2", "answer2")["prediction"] is None
+    # Stop strings match case-sensitively, as vLLM's do: "response" is text, "Responses" contains a stop string.
+    assert scorer.score("response: answer2", "answer2")["correct"]
+    assert scorer.score("Responses differ; answer2", "answer2")["prediction"] is None
+
+
+def test_commonsense_scores_agree_with_the_released_evaluator():
+    completions = ["Response: answer2", "answer1\n\n### Instruction: x\n\n### Response: answer2", "answer3",
+                   "the correct answer is answer4 ### Response", "Instruction answer1", "ANSWER5\nInstructions",
+                   " option2", "solution1 Response: solution2", "true\n### Instruction:\nfalse", "ending4",
+                   "I am not sure", "response answer2 Response answer3", ""]
+    for name in GROUPS["commonsense"]:
+        vocabulary, scorer = VOCABULARIES[name], BENCHMARKS[name].make_scorer({})
+        for completion in completions:
+            for gold in vocabulary:
+                assert scorer.score(completion, gold)["correct"] == _released_score(completion, gold, vocabulary), \
+                    (name, completion, gold)
 
 
 def test_commonsense_first_match_in_lowercased_completion():

@@ -97,5 +97,6 @@ def test_cli_exports_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(args) == 1  # the folder exists now
     assert "already exists" in capsys.readouterr().err
     assert main(args + ["overwrite=true"]) == 0
-    assert main([f"adapter_dir={tmp_path / 'abba'}", "format=ia3", f"output_dir={tmp_path / 'x'}"]) == 1
+    # A bad value on the command line is a usage error (abba/cli.py: exit 2); a missing folder a refusal (1).
+    assert main([f"adapter_dir={tmp_path / 'abba'}", "format=ia3", f"output_dir={tmp_path / 'x'}"]) == 2
     assert main([f"adapter_dir={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'y'}"]) == 1

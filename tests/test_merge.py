@@ -79,3 +79,51 @@ def test_full_finetune_folder_is_resaved(tokenizer, tmp_path):
     assert info["kind"] == "full"
     resaved = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
     torch.testing.assert_close(_logits(resaved, tokenizer), _logits(model, tokenizer), atol=0, rtol=0)
+
+
+def _tied_head_run(run_dir, tokenizer, kind: str, seed: int = 3):
+    """RUN/final whose adapter targets lm_head, tied to the input embeddings in tiny_llama; random factors."""
+    from abba import ABBAConfig, get_abba_model
+    from eval_helpers import _finish_folder, write_run_config
+    from peft import LoraConfig, get_peft_model
+
+    write_run_config(run_dir, f"test_{kind}", seed, kind)
+    targets = ["lm_head", "q_proj", "down_proj"]
+    if kind == "abba":
+        with pytest.warns(UserWarning, match="lm_head: its weight is shared with model.embed_tokens.weight"):
+            model = get_abba_model(tiny_model(seed=seed), ABBAConfig(r1=4, r2=4, alpha=8, seed=seed, target_modules=targets))
+    else:
+        model = get_peft_model(tiny_model(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "abba_" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(str(run_dir / "final"))
+    _finish_folder(run_dir / "final", tokenizer)
+    return model
+
+
+def test_tied_lm_head_is_untied_and_survives_save_and_reload(tokenizer, tmp_path):
+    adapter_model = _tied_head_run(tmp_path / "run", tokenizer, "abba")
+    with pytest.warns(UserWarning, match="shared with model.embed_tokens.weight"):
+        info = merge(tmp_path / "run" / "final", tmp_path / "merged")
+    assert info["untied_weights"] == ["lm_head.weight"]
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False  # else from_pretrained would tie lm_head to the embeddings again
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= set(load_file(str(tmp_path / "merged" / "model.safetensors")))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert reloaded.lm_head.weight is not reloaded.model.embed_tokens.weight
+    # The input embedding is the base model's (an independent rebuild of the same random base), not W0 + dW.
+    assert torch.equal(reloaded.model.embed_tokens.weight, tiny_model(seed=3).model.embed_tokens.weight)
+    torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(adapter_model, tokenizer), atol=1e-4, rtol=0)
+
+
+def test_peft_merge_into_a_tied_lm_head_is_refused_naming_the_tie(tokenizer, tmp_path, capsys):
+    # peft folds lm_head's update into the shared tensor (embeddings move too): only the logit check can catch it.
+    _tied_head_run(tmp_path / "run", tokenizer, "lora", seed=5)
+    code = main([f"adapter_dir={tmp_path / 'run' / 'final'}", f"output_dir={tmp_path / 'merged'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "lm_head.weight = model.embed_tokens.weight are shared between modules" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

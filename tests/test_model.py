@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from abba import ABBAConfig, ABBALinear, get_abba_model, load_abba_model
 from abba.config import LLAMA_TARGETS
@@ -213,3 +214,73 @@ def test_no_warning_on_a_clean_merge_cycle():
         warnings.simplefilter("error")
         model.merge_adapter()
         model.unmerge_adapter()
+
+
+# ------------------------------------------------------------- weights shared between modules (issue 10, section 2)
+def _tied_lm_head_abba(name: str):
+    with pytest.warns(UserWarning, match=r"lm_head: its weight is shared with model\.embed_tokens\.weight"):
+        return randomized_abba(name, target_modules=["lm_head", "q_proj", "down_proj"])
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_merging_a_tied_lm_head_unties_it_and_keeps_the_input_embedding(name):
+    base = tiny_model(name)
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # the tie under test
+    emb0 = base.model.embed_tokens.weight.detach().clone()
+    model = _tied_lm_head_abba(name)
+    head = model.model.lm_head
+    d = lambda t: t.detach().double()  # noqa: E731
+    expected_head = d(head.base_layer.weight) + head.scaling * (d(head.abba_B1) @ d(head.abba_A1)) * (
+        d(head.abba_B2) @ d(head.abba_A2))
+    unmerged = logits(model)
+    assert (unmerged - logits(base)).abs().max() > 1e-3
+    model.merge_adapter()
+    # Before the fix the update went into the shared tensor: embeddings moved by 6.5e-3, logits by 1.5e-2 (llama).
+    assert torch.equal(model.model.model.embed_tokens.weight, emb0)
+    torch.testing.assert_close(head.base_layer.weight.double(), expected_head, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(model), unmerged, rtol=0, atol=1e-4)
+    model.unmerge_adapter()  # re-tied to the untouched shared tensor
+    assert head.base_layer.weight is model.model.model.embed_tokens.weight
+    torch.testing.assert_close(logits(model), unmerged, rtol=0, atol=1e-4)
+    plain = model.merge_and_unload()
+    assert plain.lm_head.weight is not plain.model.embed_tokens.weight
+    assert plain.config.tie_word_embeddings is False and not plain.all_tied_weights_keys
+    plain.tie_weights()  # what transformers runs on load: must not re-tie
+    assert torch.equal(plain.model.embed_tokens.weight, emb0)
+    torch.testing.assert_close(logits(plain), unmerged, rtol=0, atol=1e-4)
+
+
+class _SharedLinears(nn.Module):
+    """a and b hold one weight tensor; c is module a itself, registered a second time."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 5, bias=False), nn.Linear(6, 5, bias=False)
+        self.b.weight = self.a.weight
+        self.c = self.a
+
+    def forward(self, x):
+        return self.a(x), self.b(x), self.c(x)
+
+
+@pytest.mark.parametrize("targets", [["a"], ["a", "b"]], ids=["a", "a+b"])
+def test_every_kind_of_shared_weight_is_untied_on_merge(targets):
+    torch.manual_seed(1)
+    net = _SharedLinears()
+    w0 = net.a.weight.detach().double().clone()
+    with pytest.warns(UserWarning, match="shared with") as record:
+        model = get_abba_model(net, ABBAConfig(r1=2, r2=2, alpha=2, init="kaiming", target_modules=targets))
+    assert len(record) == len(targets)
+    for _, layer in model.abba_layers():
+        nn.init.normal_(layer.abba_B2)
+    deltas = {n: layer.get_delta_weight().double() for n, layer in model.abba_layers()}
+    x = torch.randn(4, 6, dtype=torch.float64)
+    # The adapter model: each targeted path computes (W0 + its own dW) x, every other path W0 x.
+    expected = [x @ (w0 + deltas.get(n, 0)).t() for n in ("a", "b", "c")]
+    with torch.no_grad():
+        adapter = model(x.float())
+        merged = model.merge_and_unload()(x.float())
+    for n, e, got_adapter, got_merged in zip("abc", expected, adapter, merged):
+        torch.testing.assert_close(got_adapter.double(), e, rtol=0, atol=1e-5, msg=f"adapter, path {n}")
+        torch.testing.assert_close(got_merged.double(), e, rtol=0, atol=1e-5, msg=f"merged, path {n}")
+    assert torch.equal(net.c.weight.double(), w0)

@@ -355,7 +355,7 @@ def test_merge_with_a_bad_base_model_entry_exits_with_one_line_and_writes_nothin
     result = subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={adapter}",
                              f"output_dir={tmp_path / 'merged'}", f"base_model={tmp_path / 'bad_model.yaml'}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    _assert_refused(result, f"GGUF file {tmp_path / 'gone.gguf'} does not exist", tmp_path, inputs, "abba.merge: ")
+    _assert_refused(result, f"GGUF file {tmp_path / 'gone.gguf'} does not exist", tmp_path, inputs, "error: ")  # the shared prefix (abba/cli.py)
 
 
 @pytest.mark.parametrize("tensor_type, refused", [("F32", False), ("F64", True)])

@@ -77,6 +77,30 @@ def test_rerun_skips_finished_training_and_evaluation(tmp_path, capsys):
     assert lines[("t2_mistral_7b_abba_r32", 2)] == ("todo", "todo")
 
 
+def test_a_partial_evaluation_is_done_again_and_sweep_members_have_own_results(tmp_path):
+    """Issue 11: a `limit` evaluation counted as done (the next run skipped it, the table showed it as a number),
+    and a run with an override had its results looked up in the plain run's folder."""
+    out_root, results = tmp_path / "out", tmp_path / "results"
+    overrides = [f"paths.output_root={out_root}", "trainer.per_device_train_batch_size=2"]
+    jobs = {(j.experiment, j.seed): j for j in plan("table2", [0], overrides, str(results))}
+    job = jobs[("t2_mistral_7b_abba_r32", 0)]
+    member = "trainer.per_device_train_batch_size=2"
+    assert job.run_dir == out_root / "t2_mistral_7b_abba_r32" / "seed0" / member
+    assert job.results_dir == results / "t2_mistral_7b_abba_r32" / "seed0" / member
+    job.results_dir.mkdir(parents=True)
+    metrics = job.results_dir / "metrics.json"
+    metrics.write_text(json.dumps({b: {"accuracy": 0.5, "n": 100, "limit": 100} for b in ("gsm8k", "math")}))
+    assert not job.evaluated  # 100 items of each: partial
+    metrics.write_text(json.dumps({b: {"accuracy": 0.5, "n": 1319, "limit": 5000} for b in ("gsm8k", "math")}))
+    assert job.evaluated  # a limit above the set's size scores all of it
+    metrics.write_text(json.dumps({b: {"accuracy": 0.5, "n": 1319, "limit": None} for b in ("gsm8k", "math")}))
+    assert job.evaluated
+    plain = results / "t2_mistral_7b_abba_r32" / "seed0" / "metrics.json"
+    plain.write_text(metrics.read_text())
+    metrics.unlink()
+    assert not job.evaluated  # the plain run's results are not this run's
+
+
 def test_bad_table_is_a_one_line_error():
     proc = subprocess.run(["bash", "scripts/reproduce.sh", "table3", "--dry-run"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)

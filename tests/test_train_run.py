@@ -93,7 +93,7 @@ def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, shared_
     assert crashed.returncode != 0 and not (resumed / "final").exists()
     assert (resumed / "checkpoint-20").is_dir()
     refused = run_train(args, shared_data, tmp_path)  # an unfinished folder is not reused silently either
-    assert refused.returncode == 2 and "resume=true" in refused.stderr
+    assert refused.returncode == 1 and "resume=true" in refused.stderr  # a refusal (abba.cli): exit 1
     done = run_train(args + ["resume=true"], shared_data, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     reference = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
@@ -126,7 +126,7 @@ def test_finished_run_folder_is_not_overwritten(smoke_run, shared_data, tmp_path
     run_dir, _, _ = smoke_run
     before = snapshot(run_dir)
     result = run_train(["experiment=smoke_arithmetic", f"output_dir={run_dir}"], shared_data, tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "finished run" in lines[0] and str(run_dir) in lines[0]
     assert snapshot(run_dir) == before

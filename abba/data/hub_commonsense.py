@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,16 +69,11 @@ def dumps(records: list[dict[str, str]]) -> str:
 
 
 def _replace_atomic(path: Path, write) -> None:
-    """`write(tmp_path)` to a temporary file beside `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`write(tmp_path)` to a temporary file beside `path`, then rename it to `path` (abba.run_folder.atomic_path)."""
+    from ..run_folder import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def default_data_dir() -> Path:

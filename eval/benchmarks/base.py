@@ -18,7 +18,10 @@ ARITHMETIC_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     "\n\n### Instruction:\n{question}\n\n### Response: Let's think step by step."
 )
-ARITHMETIC_STOP = ("Instruction:", "Instruction", "Response:", "Response")
+# The released evaluators (gsm8k_eval.py, MATH_eval.py, commonsense_eval.py) pass these to vLLM as stop strings:
+# a completion ends where the model starts another "### Instruction:" or "### Response:" block.
+ALPACA_STOP = ("Instruction:", "Instruction", "Response:", "Response")
+ARITHMETIC_STOP = ALPACA_STOP
 
 
 class DataMissingError(FileNotFoundError):
@@ -71,6 +74,11 @@ class Benchmark:
     # abba.data.tokenize_example for eval.run nll=true; None: the benchmark has no reference response.
     reference: Callable[[dict], Mapping[str, str]] | None = None
 
+    def __post_init__(self):
+        if self.stop:  # the scorer reads a completion cut at its first stop string, as generation returns it
+            make, stop = self.make_scorer, self.stop
+            object.__setattr__(self, "make_scorer", lambda cfg: StopCutScorer(make(cfg), stop))
+
     def items(self, records: list[dict], indices: list[int] | None = None, references: bool = False) -> list[Item]:
         """Items of `records`; `indices` are their positions in the data file (default 0, 1, ...), which ids use.
         `references`: fill in Item.reference (only then must a record hold the reference's fields)."""
@@ -85,6 +93,24 @@ class Benchmark:
             return self.reference(record)
         except KeyError as error:
             raise ValueError(f"{self.name} record {index} has no {error} field for its reference response") from None
+
+
+class StopCutScorer:
+    """A scorer that first cuts the completion at the benchmark's stop strings, as both backends do after
+    generating, so that a completion read from a file (eval.rescore, a samples file from before a stop string was
+    added, another tool's output) scores as the released evaluators score it: "Response: answer2" becomes "",
+    no answer. Everything else is the wrapped scorer's."""
+
+    def __init__(self, scorer: Any, stop: tuple[str, ...]):
+        self.scorer, self.stop = scorer, stop
+
+    def score(self, completion: str, gold: str) -> dict:
+        from ..backends import truncate_at_stop
+
+        return self.scorer.score(truncate_at_stop(completion, self.stop), gold)
+
+    def __getattr__(self, name: str):
+        return getattr(self.scorer, name)
 
 
 def read_records(path: Path, file_format: str) -> list[dict]:

@@ -1,17 +1,24 @@
 """MATH: the answer after the last "The answer is: " against the gold's last \\boxed{...}.
 
-A pair is correct when the strings are identical, or identical after the standard normalization
-(`math_normalize.normalize`), or both are plain numbers that agree (to 6 decimals, as math-verify rounds), or
-math-verify proves them equivalent within `timeout_s` (a timeout is wrong). When the reference normalization
-would raise, the pair is wrong unless `exception_correct=True`, which reproduces the official grader (FACTS.md
-"official code" item 8); `summary` reports the accuracy under both rules.
+A pair is correct when the strings are identical, or identical after the normalization
+(`math_normalize.normalize`: the Hendrycks MATH normalization, narrowed to steps that only remove formatting),
+or both normalized strings are plain numbers that agree (to 6 decimals, as math-verify rounds), or math-verify
+(https://github.com/huggingface/Math-Verify) proves them equivalent: first the normalized strings, then, if that
+fails, the raw ones (only their unbraced \\frac/\\sqrt arguments braced, see `math_normalize.brace_arguments`),
+so an answer the normalization cannot handle is still recovered. Both symbolic checks share one `timeout_s`
+per pair (a timeout is wrong).
+
+When the reference normalization would raise, only the raw symbolic check can make the pair correct, unless
+`exception_correct=True`, which reproduces the official grader (FACTS.md "official code" item 8: such a pair is
+correct); `summary` reports the accuracy under both rules.
 """
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
-from .math_normalize import NormalizationError, extract_prediction, normalize
+from .math_normalize import NormalizationError, brace_arguments, extract_prediction, normalize
 from .symbolic import SymbolicChecker
 
 
@@ -35,25 +42,50 @@ class MathScorer:
         self.checker = SymbolicChecker(timeout_s)
 
     def compare(self, pred: str, gold: str) -> dict:
-        """{'correct', 'match' (how it was decided), 'normalization_error', 'timed_out'} for two answer strings."""
+        """{'correct', 'match' (how it was decided), 'normalization_error', 'timed_out'} for two answer strings.
+
+        `match` is None when nothing proved the pair equal (with `exception_correct`, a normalization error is
+        then correct with match None).
+        """
         result = {"correct": False, "match": None, "normalization_error": False, "timed_out": False}
         if pred == gold:
             return {**result, "correct": True, "match": "exact"}
         try:
             pred_norm, gold_norm = normalize(pred), normalize(gold)
         except NormalizationError:
-            return {**result, "correct": self.exception_correct, "normalization_error": True}
-        if pred_norm == gold_norm:
-            return {**result, "correct": True, "match": "normalized"}
-        pred_num, gold_num = _plain_number(pred_norm), _plain_number(gold_norm)
-        if pred_num is not None and gold_num is not None:
-            same = pred_num == gold_num or round(float(pred_num), 6) == round(float(gold_num), 6)
-            return {**result, "correct": same, "match": "numeric" if same else None}
-        if not pred_norm or not gold_norm:
-            return result
-        verdict = self.checker.equivalent(gold_norm, pred_norm)
-        return {**result, "correct": bool(verdict), "match": "symbolic" if verdict else None,
-                "timed_out": verdict is None}
+            pred_norm = gold_norm = None
+            result["normalization_error"] = True
+        if pred_norm is not None:
+            if pred_norm == gold_norm:
+                return {**result, "correct": True, "match": "normalized"}
+            pred_num, gold_num = _plain_number(pred_norm), _plain_number(gold_norm)
+            if pred_num is not None and gold_num is not None:
+                # Two plain numbers: decided here (the raw strings hold the same numbers).
+                same = pred_num == gold_num or round(float(pred_num), 6) == round(float(gold_num), 6)
+                return {**result, "correct": same, "match": "numeric" if same else None}
+        # The normalized pair first (units and 'x =' are gone there), then the raw pair, which is what a
+        # normalization the pair does not fit cannot spoil.
+        candidates = [(gold_norm, pred_norm, "symbolic"),
+                      (brace_arguments(gold), brace_arguments(pred), "symbolic_raw")]
+        deadline = time.monotonic() + self.checker.timeout_s
+        tried = set()
+        for g, p, how in candidates:
+            if not g or not p or (g, p) in tried:
+                continue
+            tried.add((g, p))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                result["timed_out"] = True
+                break
+            verdict = self.checker.equivalent(g, p, timeout_s=left)
+            if verdict:
+                return {**result, "correct": True, "match": how}
+            if verdict is None:
+                result["timed_out"] = True
+                break
+        if result["normalization_error"]:
+            result["correct"] = self.exception_correct
+        return result
 
     def score(self, completion: str, gold: str) -> dict:
         prediction = extract_prediction(completion)
@@ -67,7 +99,9 @@ class MathScorer:
         errors = [bool(r.get("normalization_error")) for r in records]
         return {
             "exception_correct": self.exception_correct,
-            "accuracy_exception_wrong": sum(r["correct"] and not e for r, e in zip(records, errors)) / n,
+            # A normalization error counts under the strict rule only where a symbolic check proved the pair.
+            "accuracy_exception_wrong": sum(r["correct"] and (not e or r.get("match") is not None)
+                                            for r, e in zip(records, errors)) / n,
             "accuracy_exception_correct": sum(r["correct"] or e for r, e in zip(records, errors)) / n,
             "n_normalization_errors": sum(errors),
             "n_timeouts": sum(bool(r.get("timed_out")) for r in records),

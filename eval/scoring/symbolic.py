@@ -75,12 +75,13 @@ class SymbolicChecker:
             self._conn.close()
         self._process = self._conn = None
 
-    def equivalent(self, gold: str, pred: str) -> bool | None:
-        """True/False, or None when the check ran past `timeout_s` (the caller counts that as wrong)."""
+    def equivalent(self, gold: str, pred: str, timeout_s: float | None = None) -> bool | None:
+        """True/False, or None when the check ran past `timeout_s` (default: the checker's; the caller counts
+        that as wrong)."""
         if self._process is None or not self._process.is_alive():
             self._start()
         self._conn.send((gold, pred))
-        if self._conn.poll(self.timeout_s):
+        if self._conn.poll(self.timeout_s if timeout_s is None else timeout_s):
             try:
                 return bool(self._conn.recv())
             except EOFError:  # the worker died (e.g. out of memory): treat like a timeout

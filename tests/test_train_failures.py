@@ -1,0 +1,249 @@
+"""abba.train's run folders and failures (issue 10, items 3-5).
+
+* Every distinct configuration gets its own run folder, named well below filesystem limits.
+* A failure before the real work prints one line (`error: ...`), exits 2 (usage) or 1 (refusal), and leaves no
+  file or folder behind, so the same command can be run again as it is.
+* Ctrl-C says how to continue. Files are written with the umask's mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from train_helpers import run_train, train_env
+
+from abba.modeling import REPO_ROOT
+from abba.run_folder import default_run_dir, override_suffix
+
+# Keys that choose where or how a run executes, written out here independently of abba.run_folder's list.
+EXECUTION_ONLY = {"experiment", "seed", "output_dir", "resume", "overwrite", "paths.output_root", "paths.data_dir",
+                  "logger", "trainer.save_steps", "trainer.logging_steps", "hydra/launcher", "data.num_proc"}
+
+
+def _name(*overrides: str) -> str:
+    return Path(default_run_dir("out", "exp", 0, overrides)).relative_to(Path("out/exp/seed0")).as_posix()
+
+
+def test_data_paths_trainers_and_named_sweeps_get_their_own_folders():
+    # The issue's collisions: data.path=A,B and trainer=zero2,zero3 mapped to one folder; so did +sweep.
+    a, b = _name("data.path=/data/A.jsonl"), _name("data.path=/data/B.jsonl")
+    assert a != b and a.startswith("data.path=A.jsonl~") and b.startswith("data.path=B.jsonl~")
+    assert _name("trainer=zero2") == "trainer=zero2" and _name("trainer=zero3") == "trainer=zero3"
+    assert _name("+sweep=abba_lr_rank", "peft.r1=8") != _name("peft.r1=8") == "peft.r1=8"
+    # Same file through another folder: another run (the hash sees the whole path).
+    assert _name("data.path=/x/A.jsonl") != a
+    # Where a run executes or logs never renames it: README's outputs/<experiment>/seed<k> stays.
+    assert _name("experiment=e", "seed=3", "resume=true", "paths.output_root=/tmp/o", "logger=wandb",
+                 "trainer.save_steps=5", "hydra/launcher=slurm") == "."
+
+
+def test_sixteen_overrides_make_a_short_unique_name():
+    overrides = [f"peft.{k}={v}" for k, v in [("r1", 8), ("r2", 8), ("alpha", 16), ("lr", 0.0005), ("dropout", 0.05),
+                                             ("weight_decay", 0.01), ("scaling", "official"), ("init", "kaiming"),
+                                             ("forward", "dense"), ("kaiming_a", 0.0), ("svd_niter", 2)]]
+    overrides += ["trainer.max_steps=100", "trainer.warmup_ratio=0.1", "trainer.lr_scheduler_type=linear",
+                  "data.subset_size=2400", "data.max_length=384"]
+    assert len(",".join(overrides)) > 200  # the old name: all of it, 385 characters with longer values
+    name = override_suffix(overrides)
+    assert len(name) <= 110 and "~" in name
+    changed = [*overrides[:-1], "data.max_length=512"]  # differs only in what the readable part may cut
+    assert override_suffix(changed) != name
+    assert override_suffix(list(reversed(overrides))) == name  # order on the command line does not matter
+
+
+def test_names_are_equal_exactly_when_the_learning_overrides_are():
+    """The class: 400 random command lines over learning and execution-only keys, long and path values included."""
+    rng = random.Random(0)
+    pool = {"peft.lr": ["1e-3", "0.0005", "0.001"], "peft.r1": ["4", "8", "16"], "peft.alpha": ["8", "16"],
+            "data.path": ["/d/A.jsonl", "/d/B.jsonl", "/e/A.jsonl", "rel/A.jsonl"], "trainer": ["zero2", "zero3", "single"],
+            "data.subset_size": ["100", "2400"], "+sweep": ["abba_lr_rank", "abba_alpha"],
+            "data.name": ["x" * 60, "y" * 60, "short"], "trainer.max_steps": ["3", "30"],
+            "paths.output_root": ["/o1", "/o2"], "seed": ["0", "1"], "resume": ["true", "false"],
+            "trainer.save_steps": ["5", "50"], "logger": ["none", "wandb"]}
+    seen: dict[str, frozenset] = {}
+    for _ in range(400):
+        keys = rng.sample(sorted(pool), rng.randint(0, len(pool)))
+        overrides = [f"{k}={rng.choice(pool[k])}" for k in keys]
+        identity = frozenset(o.lstrip("+") for o in overrides if o.split("=")[0].lstrip("+") not in EXECUTION_ONLY)
+        name = override_suffix(overrides)
+        assert len(name) <= 110 and "/" not in name
+        assert seen.setdefault(name, identity) == identity, (name, sorted(identity), sorted(seen[name]))
+    assert len(seen) > 300
+
+
+def _ok_overrides(tmp_path: Path) -> list[str]:
+    return ["experiment=smoke_arithmetic", f"paths.output_root={tmp_path / 'out'}"]
+
+
+@pytest.mark.parametrize("extra, code, says", [
+    (["peft.r1=abc"], 2, "peft.r1=abc: expected a number"),
+    (["+peft.learning_rate=1e-3"], 2, "unknown key peft.learning_rate: nothing reads it (did you mean: peft.lr"),
+    (["peft.learning_rate=1e-3"], 2, "did you mean: peft.lr"),
+    (["-m", "peft.r1=8,abc"], 2, "peft.r1=abc"),
+    (["model.random_init=false", "model.name_or_path=/nonexistent/model"], 1, "/nonexistent/model does not exist"),
+    (["model.tokenizer=missing/tokenizer/folder"], 1, "tokenizer folder missing/tokenizer/folder does not exist"),
+])
+def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, says, shared_data, tmp_path):
+    result = run_train([*_ok_overrides(tmp_path), *extra], shared_data, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], \
+        result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # no run folder, no empty parents
+
+
+def test_an_unreachable_hub_model_fails_fast_in_one_line(shared_data, tmp_path, monkeypatch):
+    """A Hub id while the Hub cannot be reached: one line at once, not transformers' retries and a traceback.
+    The 'Hub' here is a closed local port, so the test never reaches the real one."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    env = {**train_env(shared_data), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "abba.train", *_ok_overrides(tmp_path), "model.random_init=false",
+                             "model.name_or_path=some-org/some-model"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert "cannot reach the Hugging Face Hub for model some-org/some-model" in lines[0]
+    assert time.monotonic() - start < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_home"] or not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_fails_to_load_takes_its_new_folder_with_it(shared_data, tmp_path):
+    """The folder exists (the pre-check passes) but holds no model: the load fails after the run folder was
+    made; the folder goes, and the same command, once the model is there, is not refused."""
+    empty = tmp_path / "model"
+    empty.mkdir()
+    args = [*_ok_overrides(tmp_path), "model.random_init=false", f"model.name_or_path={empty}"]
+    result = run_train(args, shared_data, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines[-1].startswith(f"error: cannot load the weights of model {empty}"), \
+        result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # outputs/... removed up to what existed
+
+
+def test_sixteen_overrides_train_and_record_the_command_line(shared_data, tmp_path):
+    overrides = ["peft.r1=4", "peft.r2=4", "peft.alpha=8", "peft.lr=0.005", "peft.dropout=0.0", "peft.weight_decay=0.0",
+                 "peft.scaling=paper", "peft.init=svd", "peft.forward=khatri_rao", "peft.kaiming_a=2.0",
+                 "peft.svd_niter=2", "trainer.max_steps=2", "trainer.warmup_ratio=0.0",
+                 "trainer.lr_scheduler_type=constant", "data.subset_size=32", "data.max_length=256"]
+    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "abba.train", *_ok_overrides(tmp_path), *overrides], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0o022))
+    assert result.returncode == 0, result.stderr[-3000:]
+    seed_dir = tmp_path / "out" / "smoke_arithmetic" / "seed0"
+    (run,) = list(seed_dir.iterdir())
+    assert len(run.name) <= 110 and (run / "final").is_dir()
+    assert f"run folder {run}" in result.stdout  # printed at the start
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["overrides"] == [*_ok_overrides(tmp_path), *overrides]
+    for name in ("config.yaml", "run_info.json", "metrics.jsonl"):  # collaborators can read a shared folder
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _wait_for(predicate, proc, timeout=300.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_continue(shared_data, tmp_path):
+    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "abba.train", "experiment=smoke_arithmetic", "trainer.max_steps=100000",
+              "data.subset_size=480"]
+    # Before the first checkpoint: nothing worth keeping, the folder goes.
+    early = tmp_path / "early"
+    proc = subprocess.Popen([*common, f"output_dir={early}", "trainer.save_steps=100000"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (early / "metrics.jsonl").is_file() and (early / "metrics.jsonl").read_text().strip(), proc)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("error: interrupted before the first checkpoint: nothing was kept; "
+                                               "run the same command again to start over")
+    assert not early.exists()
+    # After a checkpoint: it is kept, and the line says how to resume.
+    late = tmp_path / "late"
+    proc = subprocess.Popen([*common, f"output_dir={late}", "trainer.save_steps=2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (late / "checkpoint-4").is_dir(), proc)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert last.startswith(f"error: interrupted: {late} keeps checkpoint-") and last.endswith("resume=true to continue")
+    assert (late / last.split(" keeps ")[1].split(";")[0]).is_dir()
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    from abba.data.hub_commonsense import _replace_atomic
+    from abba.plots import pyplot, save_figure
+    from abba.run_folder import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", json.dumps({"x": 1}))
+        _replace_atomic(tmp_path / "b.json", lambda p: p.write_text("[]"))
+        fig = pyplot().figure()
+        save_figure(fig, tmp_path / "c.png")
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o644, "b.json": 0o644, "c.png": 0o644, "private.json": 0o600}
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+
+
+@pytest.mark.slow
+def test_a_sweep_over_data_files_trains_each_into_its_own_folder(shared_data, tmp_path):
+    """The issue's example: `-m ... data.path=A.jsonl,B.jsonl` mapped both jobs to one folder and the second
+    was refused (exit 2). Each now trains, on its own file."""
+    lines = (shared_data / "math_train" / "gsm8k_train.jsonl").read_text().splitlines()
+    (tmp_path / "A.jsonl").write_text("\n".join(lines[:40]) + "\n")
+    (tmp_path / "B.jsonl").write_text("\n".join(lines[40:80]) + "\n")
+    result = run_train(["-m", *_ok_overrides(tmp_path), f"data.path={tmp_path / 'A.jsonl'},{tmp_path / 'B.jsonl'}",
+                        "data.subset_size=32", "trainer.max_steps=2"], shared_data, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "out" / "smoke_arithmetic" / "seed0").iterdir())
+    assert [r.name.split("~")[0] for r in runs] == [f"data.path={n}.jsonl,data.subset_size=32,trainer.max_steps=2"
+                                                     for n in "AB"]
+    for run, name in zip(runs, ("A.jsonl", "B.jsonl")):
+        assert (run / "final").is_dir()
+        assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_a_refused_job_does_not_stop_the_sweep_and_the_summary_says_why(shared_data, tmp_path):
+    seed_dir = tmp_path / "out" / "smoke_arithmetic" / "seed0"
+    blocked = seed_dir / "peft.lr=0.001,trainer.max_steps=2"
+    blocked.mkdir(parents=True)
+    (blocked / "config.yaml").write_text("an unfinished run\n")  # the first job is refused
+    result = run_train(["-m", *_ok_overrides(tmp_path), "peft.lr=0.001,0.01", "trainer.max_steps=2"],
+                       shared_data, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert (seed_dir / "peft.lr=0.01,trainer.max_steps=2" / "final").is_dir()  # the second job still ran
+    assert (blocked / "config.yaml").read_text() == "an unfinished run\n" and len(list(blocked.iterdir())) == 1
+    lines = result.stderr.splitlines()
+    start = lines.index("sweep: 2 jobs: 1 trained, 1 refused")
+    refused, trained = lines[start + 1].split(), lines[start + 2].split()
+    assert refused[:2] == ["refused", "peft.lr=0.001"] and "resume=true" in lines[start + 1]
+    assert trained[:2] == ["trained", "peft.lr=0.01"]
+    assert str(seed_dir / "peft.lr=0.01,trainer.max_steps=2") in lines[start + 2]
