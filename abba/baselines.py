@@ -5,8 +5,9 @@
 
 Baselines (paper v4, Tables 1-2) map onto peft as follows: LoRA = LoraConfig; rsLoRA = LoraConfig(use_rslora=True);
 PiSSA = LoraConfig(init_lora_weights="pissa_niter_<n>"); DoRA = LoraConfig(use_dora=True); HiRA = HiraConfig
-(dW = W0 ⊙ BA); LoHa = LoHaConfig. LoRA-Pro is an optimizer-side method that peft does not provide, so it has
-no config here. `full` trains every parameter.
+(dW = W0 ⊙ BA); LoHa = LoHaConfig. LoRA-Pro = a plain LoraConfig here; the method is its optimizer
+(abba.lorapro.LoraProAdamW, which abba.trainer.AdapterTrainer builds for peft.method=lorapro), so its adapter is an
+ordinary LoRA for merging and loading. `full` trains every parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from .config import ABBAConfig
 from .model import ABBAModel, get_abba_model
 
-METHODS = ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "full")
+METHODS = ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "lorapro", "full")
 _ABBA_KEYS = ("r1", "r2", "alpha", "dropout", "target_modules", "scaling", "init", "forward", "kaiming_a",
               "adapter_dtype", "svd_niter")
 
@@ -41,7 +42,7 @@ def peft_config(peft_cfg: Mapping[str, Any]):
 
     cfg = _plain(peft_cfg)
     method, targets = cfg["method"], list(cfg["target_modules"])
-    if method in ("lora", "rslora", "pissa", "dora"):
+    if method in ("lora", "rslora", "pissa", "dora", "lorapro"):
         init = True if method != "pissa" else f"pissa_niter_{cfg.get('pissa_niter', 4)}"
         return LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg.get("dropout", 0.0),
                           target_modules=targets, use_rslora=method == "rslora", use_dora=method == "dora",

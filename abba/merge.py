@@ -10,7 +10,10 @@ bases are rebuilt with the run's seed, read from RUN/config.yaml), else the adap
 
 Everything is folded in float32 and cast once to the target dtype (`dtype=`, default the model entry's). Before
 anything is written the merged model's logits on a probe batch are compared with the unmerged adapter model's;
-NaN/inf or a difference above the dtype's tolerance stops the merge (exit code 1, nothing written). The folder is
+NaN/inf or a difference above the dtype's tolerance stops the merge (exit code 1, nothing written). The probe
+cannot see a small update vanish in the cast (its whole effect on the logits can be below the tolerance), so every
+adapted layer is also measured: how much of its float32 update dW survives the cast (`update_survival` in
+merge_info.json), with a MergePrecisionWarning when a layer loses more than UPDATE_LOSS_WARN. The folder is
 written under a temporary name and renamed when complete. An ABBA layer whose weight is shared with another module
 (lm_head tied to the input embeddings) is merged into its own copy, and the saved config is untied.
 """
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,15 @@ PROBE_TEXTS = (
 #: fp32: max |merged - unmerged| / max(1, max |unmerged|). Lower precisions: mean |cast - fp32| / mean |fp32|
 #: (bf16 keeps 8 bits of mantissa, so a real model's logits move by a few percent).
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.02}
+
+
+#: A layer whose update, after the cast, is off by more than this fraction of its norm gets a MergePrecisionWarning.
+#: bf16 keeps 8 significant bits: an update near W0's rounding step (2**-9 of |W0| per entry) is mostly rounded away.
+UPDATE_LOSS_WARN = 0.1
+
+
+class MergePrecisionWarning(UserWarning):
+    """The cast to the output dtype loses more than UPDATE_LOSS_WARN of some layer's update."""
 
 
 class MergeError(RuntimeError):
@@ -131,6 +144,42 @@ def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return model(**batch).logits.float()
 
 
+def _initial_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{name the merged weight will have: W0 as float32 on the CPU} for every adapted linear layer (ABBA and peft
+    layers both keep W0 in `base_layer`). Costs one float32 copy of the adapted weights in host memory."""
+    return {f"{name}.weight": module.base_layer.weight.detach().float().cpu().clone()
+            for name, module in model.get_base_model().named_modules()
+            if isinstance(getattr(module, "base_layer", None), torch.nn.Linear)}
+
+
+def update_survival(merged: torch.nn.Module, initial: dict[str, torch.Tensor], target: torch.dtype) -> dict[str, Any]:
+    """How much of each layer's update survives the cast of the merged weight to `target`.
+
+    dW = W - W0 is the float32 update the merge folded in (W: the merged float32 weight); what the saved model
+    applies is cast(W) - cast(W0). Per layer: `relative_error` = ||(cast(W) - cast(W0)) - dW||_F / ||dW||_F (0: all
+    of it survives; 1: as if there were none) and `unchanged_fraction` = the fraction of entries with dW != 0 whose
+    cast weight equals cast(W0) exactly. Both are 0 for target float32. Returns the threshold, the worst layer and
+    {layer weight name: {relative_error, unchanged_fraction}}."""
+    params = dict(merged.named_parameters())
+    layers: dict[str, dict[str, float]] = {}
+    for name, w0 in initial.items():
+        w = params[name].detach().float().cpu()
+        dw = w - w0
+        w_cast, w0_cast = w.to(target), w0.to(target)
+        delivered = w_cast.float() - w0_cast.float()
+        norm = dw.double().norm().item()
+        changed = dw != 0
+        layers[name] = {
+            "relative_error": (delivered - dw).double().norm().item() / norm if norm > 0 else 0.0,
+            "unchanged_fraction": ((w_cast == w0_cast) & changed).sum().item() / max(1, changed.sum().item()),
+        }
+    worst = max(layers, key=lambda n: layers[n]["relative_error"], default=None)
+    return {"threshold": UPDATE_LOSS_WARN, "worst_layer": worst,
+            "max_relative_error": layers[worst]["relative_error"] if worst else 0.0,
+            "layers_over_threshold": sum(v["relative_error"] > UPDATE_LOSS_WARN for v in layers.values()),
+            "layers": layers}
+
+
 def _check_finite(logits: torch.Tensor, what: str) -> None:
     if not torch.isfinite(logits).all():
         raise MergeError(f"NaN or inf in the {what} logits on the probe batch: refusing to merge")
@@ -164,6 +213,7 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
     tied = {} if kind == "full" else {
         f"{name.removesuffix('.base_layer.weight')}.weight": others
         for name, others in _shared_parameters(model.get_base_model()).items() if name.endswith(".base_layer.weight")}
+    initial = {} if kind == "full" else _initial_weights(model)
     if kind == "full":
         merged = model
     else:
@@ -187,6 +237,17 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
     info: dict[str, Any] = {"adapter_dir": str(adapter_dir), "kind": kind, "base_model": entry.get("name_or_path"),
                             "random_init_seed": seed if entry.get("random_init") else None, "dtype": str(target),
                             "probe_max_abs_diff_fp32": max_abs_diff, "untied_weights": sorted(tied)}
+    if kind != "full":
+        survival = update_survival(merged, initial, target)
+        del initial
+        info["update_survival"] = survival
+        if survival["layers_over_threshold"]:
+            worst = survival["layers"][survival["worst_layer"]]
+            warnings.warn(f"merging into {str(target).removeprefix('torch.')} loses more than "
+                          f"{UPDATE_LOSS_WARN:.0%} of the update in {survival['layers_over_threshold']} of "
+                          f"{len(survival['layers'])} layers (worst {survival['worst_layer']}: relative error "
+                          f"{worst['relative_error']:.2f}, {worst['unchanged_fraction']:.0%} of its entries keep W0 "
+                          f"exactly); merge with dtype=float32 to keep it", MergePrecisionWarning, stacklevel=2)
     if target != torch.float32:
         merged.to(target)
         cast_logits = _logits(merged, probe)

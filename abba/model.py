@@ -163,16 +163,52 @@ class ABBAModel(nn.Module):
                     layer.merge()
 
     # ----------------------------------------------------------- save/load
-    def save_pretrained(self, save_directory: str | Path, **_ignored) -> None:
-        """Write adapter_config.json and adapter_model.safetensors (adapter weights only)."""
+    def save_pretrained(self, save_directory: str | Path, is_main_process: bool | None = None, **_ignored) -> None:
+        """Write adapter_config.json and adapter_model.safetensors (adapter weights only, full shapes, their dtype).
+
+        Under DeepSpeed ZeRO-3 each rank holds a slice of every partitioned factor and the parameter itself is
+        empty (shape (0,)): the factors are gathered first, which is collective, so call this on every rank.
+        Only `is_main_process` (default: rank 0, or True without torch.distributed) writes.
+        Raises ValueError (one line) when a factor is partitioned but cannot be gathered (no process group), and
+        before writing any empty tensor.
+        """
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        if is_main_process is None:
+            is_main_process = not distributed or dist.get_rank() == 0
+        partitioned = [p for n, p in self.model.named_parameters()
+                       if n.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX) and hasattr(p, "ds_id")]
+        if partitioned and not distributed:
+            raise ValueError("the ABBA factors are partitioned by DeepSpeed ZeRO-3 and no process group is "
+                             "initialised to gather them: call save_pretrained on every rank of the training job")
+        with _gathered(partitioned):
+            state = {k: v.detach().to("cpu").clone().contiguous() for k, v in self.adapter_state_dict().items()}
+        if not is_main_process:
+            return
+        empty = sorted(k for k, v in state.items() if v.numel() == 0)
+        if empty:  # a partitioned tensor that was not gathered: refuse rather than write a file that cannot load
+            raise ValueError(f"refusing to save {len(empty)} empty adapter tensors ({empty[0]}, ...): they are "
+                             "partitioned (DeepSpeed ZeRO-3); call save_pretrained on every rank so it gathers them")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         config = self.abba_config
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(getattr(self.model, "config", None), "name_or_path", None) or None
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.adapter_state_dict().items()}
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "adapter_type": "abba"})
         config.save(out)
+
+
+@contextmanager
+def _gathered(params: list[torch.Tensor]):
+    """Full ZeRO-3 parameters inside the block (collective over all ranks); a no-op for an empty list."""
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
 
 
 def get_abba_model(model: nn.Module, config: ABBAConfig, init: bool = True) -> ABBAModel:

@@ -66,6 +66,8 @@ BENCHMARK_LABELS = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "he
                     "openbookqa": "OBQA", "gsm8k": "GSM8K", "math": "MATH", "avg": "Avg"}
 METHOD_LABELS = {"full": "Full FT", "lora": "LoRA", "rslora": "rsLoRA", "pissa": "PiSSA", "dora": "DoRA",
                  "hira": "HiRA", "loha": "LoHa", "abba": "ABBA", "lora_pro": "LoRA-Pro", "base": "Base (untuned)"}
+#: peft.method values whose paper row key differs: configs/peft/lorapro.yaml is the paper's "lora_pro" row.
+METHOD_ALIASES = {"lorapro": "lora_pro"}
 TABLE_ORDER = ("table1", "table2", "mini", "other")
 MINI_BENCHMARKS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")  # Table 1's order
 MINI_METHOD_ORDER = ("base", "abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "full", "lora_pro")
@@ -126,6 +128,7 @@ def method_key(cfg: dict[str, Any]) -> str:
     if method is None:
         raise TablesError("config has no peft.method")
     official = bool(cfg.get("official_code")) or peft.get("scaling") == "official"
+    method = METHOD_ALIASES.get(method, method)
     if method == "abba":
         key = f"abba_r{int(peft['r1']) + int(peft['r2'])}"
     elif method == "full" or peft.get("r") is None:
@@ -148,7 +151,8 @@ def parse_experiment_name(name: str, models: list[str]) -> tuple[str, str, str] 
     rest = match["rest"]
     for model in sorted(models, key=len, reverse=True):
         if rest.startswith(model + "_"):
-            return f"table{match['table']}", model, rest[len(model) + 1:]
+            method = rest[len(model) + 1:]
+            return f"table{match['table']}", model, METHOD_ALIASES.get(method, method)
     return None
 
 

@@ -50,6 +50,10 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.peft.method == "pissa" and stage == 3:
         raise TrainConfigError("peft=pissa cannot run under ZeRO-3: converting its final adapter to a LoRA on the "
                                "original W0 needs the full weights; use trainer=zero2 or trainer=single")
+    if cfg.peft.method == "lorapro" and OmegaConf.select(cfg, "trainer.deepspeed"):
+        raise TrainConfigError("peft=lorapro cannot run under DeepSpeed (trainer=zero2/zero3): ZeRO hands the optimizer "
+                               "flat shards of the parameters, which separates a layer's lora_A from its lora_B; use "
+                               "trainer=single (one process, or torchrun for plain data parallel)")
     if cfg.table not in (None, "table1", "table2", "mini"):
         raise TrainConfigError(f"table must be table1, table2, mini or null, got {cfg.table!r}")
     # Build the method's config object now: its validation (ABBAConfig.__post_init__, peft's configs) refuses a
@@ -69,6 +73,16 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _float32_adapter_under_zero12(cfg: DictConfig) -> bool:
+    """ZeRO stage 0-2 training only float32 adapter tensors: ABBA with adapter_dtype float32, or a peft adapter
+    (peft keeps its adapter weights float32 on a bf16 base). Full fine-tuning keeps DeepSpeed's bf16 mode, whose
+    float32 master weights it needs; ZeRO-3 keeps it too, since there bf16 mode is what builds the base in bf16."""
+    stage = OmegaConf.select(cfg, "trainer.deepspeed.zero_optimization.stage", default=0)
+    if stage is None or int(stage) >= 3 or cfg.peft.method == "full":
+        return False
+    return cfg.peft.method != "abba" or cfg.peft.get("adapter_dtype", "float32") == "float32"
+
+
 def training_arguments(cfg: DictConfig, run_dir: Path):
     """TrainingArguments from the `trainer` group. Creating them initialises torch.distributed and, for ZeRO-3,
     registers the DeepSpeed config, so this must happen before the model is built."""
@@ -80,6 +94,15 @@ def training_arguments(cfg: DictConfig, run_dir: Path):
     kwargs = {k: v for k, v in trainer_cfg.items() if k not in NOT_TRAINING_ARGS}
     bf16 = trainer_cfg["bf16"]
     kwargs["bf16"] = _on_gpu() if bf16 == "auto" else bool(bf16)
+    deepspeed_cfg = trainer_cfg.get("deepspeed")
+    if deepspeed_cfg and kwargs["bf16"] and _float32_adapter_under_zero12(cfg):
+        # DeepSpeed's bf16 mode casts every parameter, the float32 adapter included, to bf16 and accumulates its
+        # gradients in bf16. Keep the adapter (and its gradients, reductions and optimizer state) float32 instead
+        # and get the bf16 compute from torch autocast, as a single process does (issue 14).
+        deepspeed_cfg = {**deepspeed_cfg, "bf16": {"enabled": False},
+                         # no module's gradients are reduced in bf16 (the default would pick every nn.Linear)
+                         "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
+        kwargs["bf16"] = False  # the Trainer's own bf16 would be DeepSpeed's bf16 mode again
     kwargs["warmup_steps"] = float(trainer_cfg["warmup_ratio"])  # transformers 5: a float < 1 is a ratio
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer_cfg.get("keep_global_batch") and world_size > 1:
@@ -96,7 +119,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path):
         if cfg.logger.group:
             os.environ.setdefault("WANDB_RUN_GROUP", str(cfg.logger.group))
     return TrainingArguments(
-        output_dir=str(run_dir), seed=int(cfg.seed), data_seed=int(cfg.seed), deepspeed=trainer_cfg.get("deepspeed"),
+        output_dir=str(run_dir), seed=int(cfg.seed), data_seed=int(cfg.seed), deepspeed=deepspeed_cfg,
         remove_unused_columns=False,  # ABBAModel.forward takes **kwargs: the Trainer cannot see its arguments
         include_num_input_tokens_seen="non_padding", report_to=["wandb"] if cfg.logger.name == "wandb" else [],
         run_name=f"{cfg.experiment_name}/seed{cfg.seed}", ddp_backend="gloo" if not _on_gpu() and world_size > 1 else None,
@@ -282,6 +305,7 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        lorapro={"moment_dtype": cfg.peft.get("moment_dtype", "float32")} if cfg.peft.method == "lorapro" else None,
     )
     checkpoint = get_last_checkpoint(str(run_dir)) if cfg.resume and run_dir.is_dir() else None
     if cfg.resume and checkpoint is None and had_content:  # a new folder with resume=true is just a first run

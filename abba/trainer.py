@@ -1,7 +1,8 @@
 """The transformers Trainer, taught to checkpoint an ABBA adapter, plus the run's metric and test callbacks.
 
-* `AdapterTrainer` saves only the adapter for an `abba.ABBAModel` (adapter_config.json +
-  adapter_model.safetensors; optimizer/scheduler/RNG state come from the Trainer as usual) and restores it on
+* `AdapterTrainer` saves only the adapter for an `abba.ABBAModel`, through `ABBAModel.save_pretrained` (which
+  gathers ZeRO-3 partitioned factors; adapter_config.json + adapter_model.safetensors; optimizer/scheduler/RNG
+  state come from the Trainer as usual) and restores it on
   `resume_from_checkpoint`; under DeepSpeed its checkpoints leave the frozen base out, as they do for peft.
   peft baselines and full fine-tuning use the Trainer's own save/load.
 * `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl.
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from .config import WEIGHTS_NAME
@@ -25,22 +26,6 @@ from .model import ABBAModel
 from .run_folder import write_atomic
 
 TRAINING_ARGS_NAME = "training_args.bin"
-
-
-def save_abba_adapter(model: ABBAModel, output_dir: str | Path, state_dict: dict | None = None) -> None:
-    """Adapter files of `model`; `state_dict` (the wrapper's, e.g. gathered from ZeRO-3) overrides its tensors."""
-    if state_dict is None:
-        model.save_pretrained(output_dir)
-        return
-    # Wrapper keys are 'model.<key relative to the base model>'; keep the adapter tensors only.
-    adapter = {k[len("model."):]: v.detach().cpu().contiguous() for k, v in state_dict.items()
-               if k.rsplit(".", 1)[-1].startswith("abba_")}
-    expected = set(model.adapter_state_dict())
-    if set(adapter) != expected:
-        raise KeyError(f"gathered state dict misses adapter tensors: {sorted(expected - set(adapter))[:3]}")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    save_file(adapter, str(Path(output_dir) / WEIGHTS_NAME), metadata={"format": "pt", "adapter_type": "abba"})
-    model.abba_config.save(output_dir)
 
 
 def load_abba_adapter_into(model: ABBAModel, adapter_dir: str | Path) -> None:
@@ -75,26 +60,45 @@ def _abba_counts_as_peft():
 
 
 class AdapterTrainer(Trainer):
-    """Trainer whose checkpoints of an ABBAModel hold the adapter only."""
+    """Trainer whose checkpoints of an ABBAModel hold the adapter only.
+
+    `lorapro={"moment_dtype": ...}` (peft=lorapro) swaps the optimizer for abba.lorapro.LoraProAdamW, with the
+    TrainingArguments' lr, betas, eps and weight decay; scheduler, clipping and checkpoints stay the Trainer's."""
+
+    def __init__(self, *args, lorapro: dict | None = None, **kwargs):
+        self.lorapro = lorapro
+        super().__init__(*args, **kwargs)
+
+    # ---- LoRA-Pro optimizer hook (peft=lorapro); nothing else in this class depends on it ----
+    def create_optimizer(self, model=None):
+        if self.lorapro is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from .lorapro import build_optimizer
+
+        args = self.args
+        self.optimizer = build_optimizer(self.model if model is None else model, lr=args.learning_rate,
+                                         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                                         weight_decay=args.weight_decay, **self.lorapro)
+        return self.optimizer
 
     def train(self, *args, **kwargs):
         with _abba_counts_as_peft():
             return super().train(*args, **kwargs)
 
-    def save_model(self, *args, **kwargs):
-        with _abba_counts_as_peft():
-            return super().save_model(*args, **kwargs)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if not isinstance(self.model, ABBAModel):
-            return super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return
+            with _abba_counts_as_peft():
+                return super().save_model(output_dir, _internal_call)
+        # One save path for every setting: ABBAModel.save_pretrained gathers ZeRO-3 partitioned factors itself
+        # (collectively, so every rank calls it; the Trainer calls save_model on every rank) and one rank writes.
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        save_abba_adapter(self.model, output_dir, state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        self.model.save_pretrained(output_dir, is_main_process=self.args.should_save)
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = model if model is not None else self.model

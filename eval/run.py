@@ -7,7 +7,9 @@
 
 Writes OUT/samples_<benchmark>.jsonl ({id, prompt, completion, prediction, gold, correct, ...} per item) and
 OUT/metrics.json (one key per benchmark; other keys already there are kept). Items already in a samples file are
-not generated again, so re-running a killed evaluation finishes it. Config: configs/eval.yaml.
+not generated again, so re-running a killed evaluation finishes it. Config: configs/eval.yaml. A sampled item draws
+from its own random stream, seeded from (seed, "<benchmark>/<id>") (eval.backends.item_seed), so its completion
+does not depend on batch_size, on the order or on resuming; metrics.json records dtype, model_dtype and batch_size.
 
 `limit=N` evaluates N items of each benchmark (all of them when it has fewer): the first N (`subset=first`), or
 with `subset=random` a sample drawn with `random.Random(subset_seed)`, kept in file order, that depends only on
@@ -49,7 +51,7 @@ from abba.modeling import REPO_ROOT, resolve_path
 from abba.run_folder import git_commit, removed_on_failure, write_atomic, write_json
 
 from . import nll as nll_scoring
-from .backends import choose_backend, make_backend
+from .backends import SAMPLING_SCHEME, choose_backend, make_backend
 from .benchmarks import BENCHMARKS, GROUPS, load_items, resolve
 from .samples import SampleWriter, read_samples
 
@@ -150,9 +152,14 @@ def _read_own_records(path: Path, model_path: str, what: str) -> dict[str, dict]
 
 
 def generation_settings(decoding, stop, seed: int, backend: str, dtype) -> dict[str, Any]:
-    """Everything besides the model and the prompt that decides a completion; stored in each samples record."""
-    return {"decoding": {**decoding.as_dict(), "stop": list(stop), "seed": int(seed)}, "backend": backend,
-            "dtype": None if dtype is None else str(dtype)}
+    """Everything besides the model and the prompt that decides a completion; stored in each samples record.
+    Sampled decoding adds the per-item seeding scheme (eval.backends.SAMPLING_SCHEME), so a file sampled under an
+    older scheme is generated again. The batch size is not in it: it does not change a completion."""
+    settings = {"decoding": {**decoding.as_dict(), "stop": list(stop), "seed": int(seed)}, "backend": backend,
+                "dtype": None if dtype is None else str(dtype)}
+    if decoding.do_sample:
+        settings["sampling"] = SAMPLING_SCHEME
+    return settings
 
 
 def _settings_of(record: dict, legacy: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -308,15 +315,19 @@ def _evaluate(cfg: DictConfig, names: list[str], nll: bool, out: Path) -> dict[s
             if pending:
                 backend = backend or _load_backend(backend_name, cfg)
                 with SampleWriter(samples_path) as writer:
+                    # Each item's random stream is seeded from (seed, benchmark/id) alone, so neither the batch
+                    # size nor the items already done (a resumed run) change what it samples.
                     batches = backend.generate([it.prompt for it in pending], decoding, bench.stop,
-                                               seed=int(cfg.seed), desc=name)
+                                               seed=int(cfg.seed), desc=name,
+                                               keys=[f"{name}/{it.id}" for it in pending])
                     for batch in batches:
                         records = []
                         for index, completion in batch:
                             item = pending[index]
                             record = {"id": item.id, "benchmark": name, "prompt": item.prompt,
                                       "completion": completion, "prediction": None, "gold": item.gold,
-                                      "correct": None, "model_path": model_path, "generation": generation}
+                                      "correct": None, "model_path": model_path, "generation": generation,
+                                      "model_dtype": getattr(backend, "dtype", None)}
                             records.append(score_record(scorer, record, options))
                             done[item.id] = records[-1]
                         writer.append(records)
@@ -345,6 +356,11 @@ def _metrics_entry(cfg: DictConfig, name: str, decoding, stop, records: list[dic
         "n_invalid": sum(r["prediction"] is None for r in records),
         "backend": backend,
         "decoding": {**decoding.as_dict(), "stop": list(stop), "seed": int(cfg.seed)},
+        # dtype as asked (auto: float32 on CPU, the saved dtype on GPU) and as loaded by the runs that generated
+        # these records; batch_size does not change a completion (per-item sampling) but is recorded with them.
+        "dtype": None if cfg.get("dtype") is None else str(cfg.dtype),
+        "model_dtype": sorted({str(r["model_dtype"]) for r in records if r.get("model_dtype")}) or None,
+        "batch_size": None if cfg.get("batch_size") is None else int(cfg.batch_size),
         "model_path": str(cfg.model_path),
         "limit": cfg.get("limit"),
         "subset": str(cfg.get("subset", "first")),

@@ -11,7 +11,8 @@
 # runs (RUN/final exists) and continues interrupted ones from their last checkpoint; runs whose results
 # metrics.json already holds every benchmark of the table are not evaluated again. With hydra/launcher=slurm
 # each training job is a SLURM job and this script waits for all of them (submitit's launcher blocks until its
-# jobs finish), then merges and evaluates locally. LoRA-Pro has no experiment: peft has no implementation.
+# jobs finish), then merges and evaluates locally. LoRA-Pro's rows (abba/lorapro.py)
+# run in one process or plain data parallel: a trainer=zero2/zero3 override makes abba.train refuse them.
 # Env: SEEDS (default 0,1,2), RESULTS_DIR (default results), EVAL_ARGS / MERGE_ARGS (see scripts/*_merge_eval.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

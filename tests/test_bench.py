@@ -32,7 +32,8 @@ def quick_result(tmp_path_factory):
             "layer.cases=[{name: frozen, method: frozen}, {name: abba_r16_khatri_rao, method: abba, r1: 16, r2: 16, "
             "forward: khatri_rao}, {name: lora_r32, method: lora, r: 32}, {name: loha_r16, method: loha, r: 16}]",
             "model.cases=[{name: abba_r16, method: abba, r1: 16, r2: 16}, {name: lora_r32, method: lora, r: 32}, "
-            "{name: dora_r32, method: dora, r: 32}, {name: hira_r32, method: hira, r: 32}]"])
+            "{name: dora_r32, method: dora, r: 32}, {name: hira_r32, method: hira, r: 32}, "
+            "{name: lorapro_r32, method: lorapro, r: 32}]"])
     path = run_benchmark(cfg)
     return cfg, path, json.loads(path.read_text())
 
@@ -215,3 +216,19 @@ def test_torch_compile_matches_eager(mode):
     torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5 * scale)
     for g_c, g_e in zip(grads_c, grads_e):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5 * g_e.abs().max().item())
+
+
+def test_quick_benchmark_lorapro_keeps_full_size_moments(quick_result):
+    """LoRA-Pro's AdamW holds m and v on each adapted m x n weight, where LoRA's AdamW holds them on its r (m + n)
+    factors (plus a 4-byte step tensor per factor); everything else the two cases keep is the same."""
+    cfg, _, result = quick_result
+    arch = cfg.quick_settings.model.overrides.architecture
+    h, i, kv = arch.hidden_size, arch.intermediate_size, arch.num_key_value_heads * arch.head_dim
+    shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # q, k, v, o, gate, up, down: (out, in)
+    layers, r = arch.num_hidden_layers, 32
+    full = layers * sum(m * n for m, n in shapes)
+    factors = layers * sum(r * (m + n) for m, n in shapes)
+    rows = {row["case"]: row for row in result["model"]["cases"]}
+    extra = rows["lorapro_r32"]["resident_bytes"] - rows["lora_r32"]["resident_bytes"]
+    assert extra == 4 * (2 * full - 2 * factors) - 4 * 2 * len(shapes) * layers
+    assert rows["lorapro_r32"]["trainable_params"] == rows["lora_r32"]["trainable_params"]

@@ -272,3 +272,74 @@ def test_rescore_refuses_a_samples_file_of_another_benchmark(tmp_path, capsys):
         assert "pass benchmark=gsm8k" in err[0] and not (tmp_path / "out.jsonl").exists()
     rescore_main(["benchmark=gsm8k", f"input={tagged}", f"output={tmp_path / 'out.jsonl'}"])  # its own: scored
     assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy=1.0"
+
+
+# ------------------------------------------------------- issue 14: a sample depends only on (seed, item)
+def test_sampled_completions_do_not_depend_on_batch_size_or_resuming(merged_model, tmp_path, generated, one_thread):
+    """The HF backend seeded once per batch: batch_size=8 instead of 4 changed 16 of 16 completions and a resumed
+    run 8 of 16. Each item now has its own random stream, seeded from (seed, benchmark/id)."""
+    def run(out, *extra):
+        cfg = load_config([f"model_path={merged_model}", f"output_dir={out}", "backend=hf", "benchmark=ARC-Easy",
+                           "limit=8", *extra])
+        evaluate(cfg)
+        return {r["id"]: r["completion"] for r in _lines(out / "samples_ARC-Easy.jsonl")}
+
+    assert BENCHMARKS["ARC-Easy"].decoding.do_sample
+    by_size = {size: run(tmp_path / f"bs{size}", f"batch_size={size}") for size in (1, 4, 8)}
+    assert len(by_size[1]) == 8 and by_size[1] == by_size[4] == by_size[8]
+    assert run(tmp_path / "seed7", "batch_size=4", "seed=7") != by_size[4]  # the seed does decide the samples
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(SimulatedInterrupt):
+        run(resumed, "batch_size=4", "interrupt_after=3")  # killed after the first batch of 4
+    assert len(_lines(resumed / "samples_ARC-Easy.jsonl")) == 4
+    assert run(resumed, "batch_size=4") == by_size[4]
+
+    metrics = json.loads((tmp_path / "bs8" / "metrics.json").read_text())["ARC-Easy"]
+    assert metrics["batch_size"] == 8 and metrics["dtype"] == "auto" and metrics["model_dtype"] == ["float32"]
+    # A file sampled under the old one-seed-per-batch scheme (no "sampling" in its records) is generated again.
+    samples = tmp_path / "bs8" / "samples_ARC-Easy.jsonl"
+    records = _lines(samples)
+    assert {r["generation"]["sampling"] for r in records} == {"per-item-v1"}
+    assert all("batch_size" not in r["generation"] for r in records)
+    for r in records:
+        del r["generation"]["sampling"]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    generated.clear()
+    assert run(tmp_path / "bs8", "batch_size=8") == by_size[8] and len(generated) == 8
+
+
+def test_vllm_gets_one_seed_per_request_whatever_the_chunking(monkeypatch):
+    import sys
+    import types
+
+    from eval.backends.vllm import VLLMBackend
+
+    requests = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def generate(self, prompts, sampling, use_tqdm=True):
+            assert isinstance(sampling, list) and len(sampling) == len(prompts)  # one SamplingParams per request
+            requests.extend(zip(prompts, sampling))
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="answer1")]) for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: kw))
+    decoding = BENCHMARKS["ARC-Easy"].decoding
+    keys = [f"ARC-Easy/{i}" for i in range(5)]
+
+    def seeds(chunk_size, order, seed=42):
+        requests.clear()
+        backend = VLLMBackend("unused", chunk_size=chunk_size)
+        list(backend.generate([f"p{i}" for i in order], decoding, (), seed=seed, keys=[keys[i] for i in order]))
+        return {prompt: params["seed"] for prompt, params in requests}
+
+    one_chunk = seeds(8, range(5))
+    assert seeds(2, [4, 2, 0, 3, 1]) == one_chunk  # chunking and order do not move a seed
+    assert len(set(one_chunk.values())) == 5  # every item its own stream
+    assert seeds(8, range(5), seed=43) != one_chunk
+    requests.clear()
+    list(VLLMBackend("unused").generate(["p"], BENCHMARKS["gsm8k"].decoding, (), seed=42))
+    assert "seed" not in requests[0][1] and requests[0][1]["temperature"] == 0.0  # greedy: no seed

@@ -127,3 +127,70 @@ def test_peft_merge_into_a_tied_lm_head_is_refused_naming_the_tie(tokenizer, tmp
     assert code == 1 and len(err.splitlines()) == 1
     assert "lm_head.weight = model.embed_tokens.weight are shared between modules" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# ------------------------------------------------- issue 14: a small update lost in the cast is measured and warned
+def _tiny_update_run(run_dir, tokenizer, ratio=1e-3):
+    """RUN/final on a bf16 tiny_llama whose every ABBA update has ||dW||_F = ratio ||W0||_F; returns the model."""
+    import yaml
+
+    from abba import ABBAConfig, get_abba_model
+    from conftest import model_cfg
+    from eval_helpers import write_run_config
+
+    write_run_config(run_dir, "test_abba", 3, "abba")
+    model = get_abba_model(tiny_model(dtype=torch.bfloat16, seed=3), ABBAConfig(r1=4, r2=4, alpha=8, seed=3))
+    generator = torch.Generator().manual_seed(103)
+    with torch.no_grad():
+        for _, layer in model.abba_layers():
+            for factor in (layer.abba_B1, layer.abba_A1, layer.abba_B2, layer.abba_A2):
+                factor.copy_(torch.randn(factor.shape, generator=generator))
+            scale = ratio * layer.base_layer.weight.float().norm() / layer.get_delta_weight().norm()
+            layer.abba_B2.mul_(scale)
+    model.save_pretrained(run_dir / "final")
+    tokenizer.save_pretrained(str(run_dir / "final"))
+    (run_dir / "final" / "abba_model.yaml").write_text(yaml.safe_dump({**model_cfg("tiny_llama"), "dtype": "bfloat16"}))
+    return model
+
+
+def _float64_updates(model) -> dict:
+    """{merged weight name: (W0, dW)} in float64, dW = s (B1 A1) ⊙ (B2 A2) from the formula."""
+    updates = {}
+    for name, layer in model.abba_layers():
+        B1, A1, B2, A2 = (p.detach().double() for p in (layer.abba_B1, layer.abba_A1, layer.abba_B2, layer.abba_A2))
+        updates[f"{name}.weight"] = (layer.base_layer.weight.detach().double(), layer.scaling * (B1 @ A1) * (B2 @ A2))
+    return updates
+
+
+def test_tiny_update_lost_in_bf16_is_reported_and_warned_float32_keeps_it(tokenizer, tmp_path):
+    """Issue 14: an update of 1e-3 of each weight's norm merged into bf16 exited 0, with 85% of the entries keeping
+    W0 and the update 74% wrong, and the probe check could not see it."""
+    import warnings
+
+    from abba.merge import UPDATE_LOSS_WARN, MergePrecisionWarning
+
+    updates = _float64_updates(_tiny_update_run(tmp_path / "run", tokenizer))
+    with pytest.warns(MergePrecisionWarning, match="dtype=float32"):
+        merge(tmp_path / "run" / "final", tmp_path / "bf16", dtype="bfloat16")
+    saved = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    survival = json.loads((tmp_path / "bf16" / "merge_info.json").read_text())["update_survival"]
+    assert set(survival["layers"]) == set(updates)
+    for name, (w0, dw) in updates.items():
+        delivered = saved[name].double() - w0.to(torch.bfloat16).double()  # what the saved bf16 model applies
+        error = ((delivered - dw).norm() / dw.norm()).item()
+        unchanged = (saved[name] == w0.to(torch.bfloat16)).double().mean().item()
+        assert survival["layers"][name]["relative_error"] == pytest.approx(error, abs=1e-3)
+        assert survival["layers"][name]["unchanged_fraction"] == pytest.approx(unchanged, abs=1e-3)
+        assert error > UPDATE_LOSS_WARN and unchanged > 0.5  # most of the update is gone
+    assert survival["layers_over_threshold"] == len(updates)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MergePrecisionWarning)
+        merge(tmp_path / "run" / "final", tmp_path / "fp32", dtype="float32")
+    saved = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    survival = json.loads((tmp_path / "fp32" / "merge_info.json").read_text())["update_survival"]
+    for name, (w0, dw) in updates.items():
+        # W0 + dW rounded once to float32: off by at most 2**-24 |W| per entry, i.e. ~1e-4 of an update this small
+        error = ((saved[name].double() - w0 - dw).norm() / dw.norm()).item()
+        assert saved[name].dtype == torch.float32 and error < 1e-3
+        assert survival["layers"][name] == {"relative_error": 0.0, "unchanged_fraction": 0.0}

@@ -142,6 +142,8 @@ def test_table1_average_over_complete_seeds(tmp_path):
     ({"peft": {"method": "abba", "r1": 8, "r2": 8}}, "abba_r16"),
     ({"peft": {"method": "abba", "r1": 32, "r2": 32, "scaling": "official"}}, "abba_r64_official"),
     ({"peft": {"method": "lora", "r": 32}}, "lora"),
+    ({"peft": {"method": "lorapro", "r": 32}}, "lora_pro"),  # the paper's LoRA-Pro row
+    ({"peft": {"method": "lorapro", "r": 8}}, "lora_pro_r8"),
     ({"peft": {"method": "dora", "r": 16}}, "dora_r16"),
     ({"peft": {"method": "full"}}, "full"),
 ])

@@ -29,7 +29,7 @@ def _resolved(cfg) -> dict:
 
 
 def test_experiment_files_cover_both_tables():
-    methods = ["full", "lora", "rslora", "pissa", "dora", "hira", "abba_r16", "abba_r32"]
+    methods = ["full", "lora", "rslora", "pissa", "dora", "lorapro", "hira", "abba_r16", "abba_r32"]
     expected = {f"t1_{m}_{x}" for m in ("llama3_2_1b", "llama3_2_3b") for x in methods}
     expected |= {f"t2_{m}_{x}" for m in ("mistral_7b", "gemma2_9b") for x in methods}
     assert expected | {"smoke_arithmetic", "smoke_commonsense"} <= set(EXPERIMENTS)
@@ -40,7 +40,7 @@ def test_experiment_files_cover_both_tables():
 def test_every_experiment_composes(name):
     cfg = _resolved(_compose(f"experiment={name}"))
     assert cfg["experiment_name"] == name
-    assert cfg["peft"]["method"] in ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "full")
+    assert cfg["peft"]["method"] in ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha", "lorapro", "full")
     header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
     assert any(f"experiment={name}" in line for line in header[:6]), "header comment must give the launch command"
@@ -67,6 +67,8 @@ ARITHMETIC = dict(batch=1, accumulation=32, max_length=512, epochs=1, dropout=0.
     ("t2_mistral_7b_abba_r32", ARITHMETIC, dict(r=16, alpha=24)),
     ("t2_gemma2_9b_lora", ARITHMETIC, None),
     ("t1_llama3_2_1b_dora", COMMONSENSE, None),
+    ("t1_llama3_2_3b_lorapro", COMMONSENSE, None),
+    ("t2_gemma2_9b_lorapro", ARITHMETIC, None),
 ])
 def test_paper_rows_carry_the_papers_hyperparameters(name, setup, abba):
     cfg = _resolved(_compose(f"experiment={name}"))
@@ -90,6 +92,7 @@ def test_paper_rows_carry_the_papers_hyperparameters(name, setup, abba):
 @pytest.mark.parametrize("name, millions", [
     ("t1_llama3_2_1b_abba_r32", 22.54), ("t1_llama3_2_1b_abba_r16", 11.27), ("t1_llama3_2_3b_dora", 49.40),
     ("t2_mistral_7b_abba_r32", 83.88), ("t2_gemma2_9b_abba_r16", 54.02), ("t2_mistral_7b_hira", 83.88),
+    ("t1_llama3_2_1b_lorapro", 22.54), ("t2_gemma2_9b_lorapro", 108.04),
 ])
 def test_paper_rows_have_the_papers_parameter_counts(name, millions):
     from transformers import AutoModelForCausalLM
@@ -146,3 +149,15 @@ def test_run_folder_name_comes_from_experiment_seed_and_learning_overrides():
     assert default_run_dir("out", "exp", 0, ["experiment=x", "paths.output_root=/o"]) == str(Path("out/exp/seed0"))
     # The trainer choice and the data file change what is trained (issue 10): they name the run too.
     assert default_run_dir("out", "exp", 0, ["trainer=zero3"]) == str(Path("out/exp/seed0/trainer=zero3"))
+
+
+@pytest.mark.parametrize("name", ["t1_llama3_2_1b_lorapro", "t1_llama3_2_3b_lorapro", "t2_mistral_7b_lorapro",
+                                  "t2_gemma2_9b_lorapro"])
+def test_lorapro_rows_use_lorapros_own_hyperparameters(name):
+    """LoRA-Pro's lr 2e-5 and alpha = 2r (its Llama-2-7B setup, configs/peft/lorapro.yaml) at the rows' rank 32; a
+    plain single-process trainer (DeepSpeed is refused); the 7B/9B rows keep Adam's moments in bf16."""
+    cfg = _resolved(_compose(f"experiment={name}"))
+    p, t = cfg["peft"], cfg["trainer"]
+    assert p["method"] == "lorapro" and (p["r"], p["alpha"]) == (32, 64)
+    assert p["lr"] == t["learning_rate"] == 2e-5 and t["deepspeed"] is None
+    assert p["moment_dtype"] == ("bfloat16" if name.startswith("t2_") else "float32")

@@ -108,7 +108,8 @@ def random_model(model_cfg: Mapping[str, Any], dtype: torch.dtype, device: str, 
 
 def model_cases(specs: list[Mapping[str, Any]], base: nn.Module, target_modules: list[str], batch: int, seq: int,
                 device: str, dtype: torch.dtype, lr: float, seed: int = 0) -> list[Case]:
-    """A full training step (forward, loss, backward, AdamW step) per adapter, all sharing `base`'s frozen weights."""
+    """A full training step (forward, loss, backward, AdamW step) per adapter, all sharing `base`'s frozen weights.
+    `lorapro` steps with abba.lorapro.LoraProAdamW, whose state is counted in the resident memory."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, base.config.vocab_size, (batch, seq), generator=gen).to(device)
     autocast = device == "cuda" and dtype != torch.float32
@@ -118,7 +119,12 @@ def model_cases(specs: list[Mapping[str, Any]], base: nn.Module, target_modules:
         shared = {id(p): p for p in base.parameters()}
         model = attach(copy.deepcopy(base, memo=shared), spec, target_modules, seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        if spec["method"] == "lorapro":  # LoRA-Pro is its optimizer: full-size m, v per adapted layer
+            from ..lorapro import build_optimizer
+
+            optimizer = build_optimizer(model, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
         def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)

@@ -63,7 +63,7 @@ def markdown(result: dict[str, Any], baseline: str) -> str:
     m = result["machine"]
     ctx = result["model"]["context"]
     out = [f"# Adapter cost benchmark: {result['device']} ({result['dtype']}), {result['started_utc'][:10]}", "",
-           f"Produced by `python -m abba.bench device={result['device']}{' quick=true' if result['quick'] else ''}`; "
+           f"Produced by `{result.get('command') or 'python -m abba.bench device=' + result['device'] + (' quick=true' if result['quick'] else '')}`; "
            f"every figure is in the JSON file of the same name.", "",
            f"- machine: {m.get('cpu_model') or m.get('processor')}, {m.get('cpu_count')} CPUs, "
            f"torch threads {m.get('torch_threads')}" + (f", GPU {m['gpus'][0]}" if m.get("gpus") else ""),

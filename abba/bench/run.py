@@ -6,6 +6,7 @@ import datetime as dt
 import gc
 import os
 import platform
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -122,7 +123,7 @@ def command_line(s: dict[str, Any]) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return " ".join(["python -m abba.bench", *HydraConfig.get().overrides.task])
+        return " ".join(["python -m abba.bench", *map(shlex.quote, HydraConfig.get().overrides.task)])  # pastable
     except (ImportError, ValueError):
         return f"abba.bench.run_benchmark (parts={s['parts']}, quick={s['quick']})"
 
