@@ -378,3 +378,25 @@ def test_check_agrees_with_what_the_gguf_package_dequantizes(tensor_type, refuse
             check_gguf({"file": str(path)})
     else:
         assert check_gguf({"file": str(path)})[0] == path
+
+
+@pytest.mark.slow
+def test_lorapro_lowers_the_loss_of_the_real_model_in_ten_steps(converted, shared_data, tmp_path):
+    """Issue 15: peft=lorapro trains SmolLM2-135M (LoRA r=4 under LoRA-Pro's AdamW, from B = 0) and the result
+    merges as the plain LoRA it is. Measured when written: first three steps 2.50 nats/token, last three 0.56."""
+    run_dir = tmp_path / "run"
+    result = run_train(["experiment=smoke_commonsense", f"model={MODEL}", f"output_dir={run_dir}",
+                        "trainer.max_steps=10", "data.subset_size=80", "data.max_length=128",
+                        "trainer.per_device_train_batch_size=2", "trainer.save_steps=100", "peft=lorapro", "peft.r=4",
+                        "peft.alpha=8", "peft.lr=5e-3", "peft.target_modules=[q_proj,v_proj,down_proj]"],
+                       shared_data, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 10
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, f"loss did not fall: first 3 steps {first:.3f}, last 3 {last:.3f} ({losses})"
+    merge = subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={run_dir / 'final'}",
+                            f"output_dir={tmp_path / 'merged'}"], cwd=tmp_path, env=train_env(shared_data),
+                           capture_output=True, text=True, timeout=600)
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    assert json.loads((tmp_path / "merged" / "merge_info.json").read_text())["kind"] == "peft"
