@@ -209,3 +209,23 @@ def test_mini_cli_writes_four_files(mini_results, tmp_path):
     assert proc.stdout.strip() == f"mini: {out / 'mini.md'} (+ .tex .csv .png)"
     assert {p.name for p in out.iterdir()} == {"mini.md", "mini.csv", "mini.tex", "mini.png"}
     assert (out / "mini.png").stat().st_size > 10_000
+
+
+def test_readme_mini_numbers_are_the_committed_tables():
+    """The README's mini table quotes results/tables/mini.md: each quoted row's Avg cells equal the file's."""
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    section = readme.split("**The mini reproduction**", 1)[1].split("### Tables 1 and 2", 1)[0]
+
+    def rows(text: str) -> list[list[str]]:
+        return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+                if line.startswith("| ") and not line.startswith("| Method")]
+
+    table = {cells[0]: cells for cells in rows((repo / "results" / "tables" / "mini.md").read_text())}
+    quoted = 0
+    for cells in rows(section):
+        label = next(name for name in table if cells[0] == name or cells[0].startswith(name + " ("))
+        assert cells[-2:] == table[label][-2:], (cells, table[label])  # Avg acc, Avg NLL
+        assert cells[2] == table[label][2]  # seeds
+        quoted += 1
+    assert quoted == 4
