@@ -46,6 +46,8 @@ def _one_line(exc: Exception) -> str:
         wanted = Path(str(missing or "")).name
         close = difflib.get_close_matches(wanted, options, n=3, cutoff=0.5)
         message += f" (did you mean: {', '.join(close)})" if close else f" (options: {', '.join(options)})"
+    if "mismatched input '='" in message or "extraneous input '='" in message:
+        message += "; quote a value that holds '=' or ',' (a sweep member's folder does): key='a/b=c,d'"
     if message.startswith("Ambiguous value"):
         message += "; quote it for a string, use [a,b] for a list, or add -m to sweep over it"
     # Hydra's "To append to your config use +key=value" is left out on purpose: an appended key is one nothing
@@ -101,8 +103,8 @@ def _fits(kind: str, value) -> bool:
 
 
 def _check_values(config_dir: Path, parsed, defaults_cfg, cfg) -> None:
-    """Refuse a `+key` that nothing reads and a value whose type does not match the key's default
-    (`peft.r1=abc` where the default is 16): OmegaConf would accept both silently."""
+    """Refuse a `+key` that nothing reads and a value whose type does not match the key's default (`peft.r1=abc`
+    where the default is 16): OmegaConf would accept both silently."""
     from omegaconf import OmegaConf
 
     for override in parsed:

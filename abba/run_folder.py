@@ -22,11 +22,12 @@ from .modeling import REPO_ROOT
 
 #: Overrides that choose where or how a run executes, not what it learns: left out of the run's identity (the
 #: experiment and seed are in the path already). Exact keys, and prefixes ending in '.' or '/'. Everything else,
-#: group choices (`trainer=zero3`, `+sweep=...`) and data paths included, names a different run.
+#: group choices (`trainer=zero3`, `+sweep=...`), data paths and `paths.data_dir` included, names a different run.
+#: (The ABBA_DATA_DIR environment variable is not on the command line, so it cannot name the run.)
 NOT_IDENTITY = ("experiment", "seed", "output_dir", "resume", "overwrite", "logger", "overrides",
                 "dump_init_adapter", "interrupt_at_step", "data.num_proc", "trainer.save_steps",
                 "trainer.save_total_limit", "trainer.logging_steps", "trainer.dataloader_num_workers",
-                "trainer.disable_tqdm", "paths.", "logger.", "hydra.", "hydra/")
+                "trainer.disable_tqdm", "paths.output_root", "logger.", "hydra.", "hydra/")
 #: Longest readable part of a folder name (filesystems allow 255 bytes per component).
 NAME_MAX = 100
 HASH_LEN = 8
@@ -37,15 +38,34 @@ class RunFolderError(RuntimeError):
     """The run folder exists and may not be reused as asked; the message is one line."""
 
 
+def _canonical(value: str) -> str:
+    """A number or boolean written one way: a sweep hands each job Hydra's rendering (`peft.lr=0.001`) where a
+    single run keeps what was typed (`peft.lr=1e-3`); both must name the same folder."""
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        return str(int(text))
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return repr(number) if number == number and abs(number) != float("inf") else value
+
+
 def identity_overrides(overrides: Iterable[str]) -> list[str]:
-    """The command-line overrides that change what is trained, as sorted `key=value` strings without +/~."""
-    kept = []
+    """The command-line overrides that change what is trained, as sorted `key=value` strings without +/~, numbers
+    written canonically, one per key (the last, which is the one Hydra applies)."""
+    kept: dict[str, str] = {}
     for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
+        key, _, value = item.lstrip("+~").partition("=")
         if any(key.startswith(ex) if ex[-1] in "./" else key == ex for ex in NOT_IDENTITY):
             continue
-        kept.append(item.lstrip("+~"))
-    return sorted(kept)
+        kept.pop(key, None)  # a key given twice: the last value wins, as in Hydra
+        kept[key] = _canonical(value)
+    return sorted(f"{key}={value}" for key, value in kept.items())
 
 
 def override_suffix(overrides: Iterable[str]) -> str:
@@ -70,6 +90,8 @@ def override_suffix(overrides: Iterable[str]) -> str:
             break
         name = candidate
     if hidden:
+        if not name:  # even the first override is too long: its key alone
+            name = shown[0].split("=", 1)[0][:NAME_MAX]
         name += "~" + hashlib.sha256("\n".join(items).encode()).hexdigest()[:HASH_LEN]
     return name
 

@@ -47,7 +47,8 @@ class SweepSummary(Callback):
         outcome = _outcome.pop("outcome", None)
         detail = _outcome.pop("detail", "")
         if outcome is None:  # the job raised before main could record anything
-            error = job_return.return_value if job_return.status.name == "FAILED" else None
+            # JobReturn.return_value re-raises a failed job's exception; the stored value is what we want here.
+            error = getattr(job_return, "_return_value", None) if job_return.status.name == "FAILED" else None
             outcome, detail = "failed", f"{type(error).__name__}: {error}" if error is not None else "no outcome"
         self.jobs.append((outcome, tuple(job_return.overrides or ()), detail))
 

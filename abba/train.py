@@ -67,6 +67,33 @@ def _validate(cfg: DictConfig) -> None:
             peft_config(cfg.peft)
     except (ValueError, TypeError, KeyError) as exc:
         raise TrainConfigError(f"peft: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    # Values that would otherwise fail deep inside the optimizer, the Trainer or datasets, with a traceback.
+    checks = [("peft.lr", cfg.peft.get("lr"), lambda v: v > 0, "a positive number"),
+              ("peft.weight_decay", cfg.peft.get("weight_decay"), lambda v: v >= 0, "a number >= 0"),
+              ("data.subset_size", cfg.data.get("subset_size"), lambda v: v > 0, "a positive integer or null"),
+              ("data.heldout_size", cfg.data.get("heldout_size"), lambda v: v >= 0, "an integer >= 0 or null"),
+              ("data.max_length", cfg.data.get("max_length"), lambda v: v > 0, "a positive integer"),
+              ("trainer.per_device_train_batch_size", cfg.trainer.get("per_device_train_batch_size"),
+               lambda v: v >= 1, "an integer >= 1"),
+              ("trainer.gradient_accumulation_steps", cfg.trainer.get("gradient_accumulation_steps"),
+               lambda v: v >= 1, "an integer >= 1")]
+    if cfg.peft.method == "lorapro":
+        checks.append(("peft.moment_dtype", cfg.peft.get("moment_dtype", "float32"),
+                       lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"))
+    for key, value, ok, wanted in checks:
+        if value is not None and not ok(value):
+            raise TrainConfigError(f"{key}={value}: must be {wanted}")
+    unread = sorted(set(cfg.peft) - _read_keys(cfg.peft.method))
+    if unread:  # e.g. peft=lora on an ABBA experiment: its r1, r2 stay in the config but nothing reads them
+        log.warning("peft=%s does not read peft.%s (set by the experiment for another method); alpha, lr and the "
+                    "other shared keys come from the experiment, not configs/peft/%s.yaml", cfg.peft.method,
+                    ", peft.".join(unread), cfg.peft.method)
+
+
+def _read_keys(method: str) -> set[str]:
+    """The `peft` keys a method's config file has (what the code reads for it)."""
+    path = REPO_ROOT / "configs" / "peft" / f"{method}.yaml"
+    return set(OmegaConf.load(path)) | {"method", "lr", "weight_decay"} if path.is_file() else set()
 
 
 def _on_gpu() -> bool:
@@ -231,7 +258,10 @@ def fit(cfg: DictConfig):
     single_process_weights = None
     if cfg.model.random_init and _zero3(cfg):
         single_process_weights = build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype), seed=int(cfg.seed)).state_dict()
-    args = training_arguments(cfg, run_dir)
+    try:
+        args = training_arguments(cfg, run_dir)
+    except (TypeError, ValueError) as exc:  # a trainer.* value or name TrainingArguments refuses
+        raise TrainConfigError(f"trainer: {next(iter(str(exc).splitlines()), type(exc).__name__)}") from None
     if args.deepspeed and args.world_size > 1:
         import deepspeed
 
@@ -275,7 +305,10 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
         del single_process_weights
     if cfg.trainer.activation_checkpointing and cfg.peft.method != "full":
         base.enable_input_require_grads()  # a frozen embedding would cut the checkpointed graph
-    model = apply_method(base, cfg.peft, seed=int(cfg.seed))
+    try:
+        model = apply_method(base, cfg.peft, seed=int(cfg.seed))
+    except ValueError as exc:  # e.g. target_modules that match no layer of this model
+        raise TrainConfigError(f"peft: {next(iter(str(exc).splitlines()), 'cannot attach the adapter')}") from None
     if cfg.dump_init_adapter and is_abba(model) and is_main:
         model.save_pretrained(run_dir / "init_adapter")  # before DeepSpeed wraps (and partitions) the adapter
     if cfg.peft.method == "pissa" and is_main:

@@ -106,6 +106,25 @@ def main(argv: list[str]) -> int:
         return int(exit_.code or 0)
 
 
+def _check_eval_args(group: str, eval_args: list[str]) -> None:
+    """EVAL_ARGS as eval.run will see them: composed (unknown keys, bad types) and value-checked, before anything
+    is merged. Raises UsageError with eval.run's one-line message."""
+    from abba.hydra_check import CommandLineError, check_command_line
+    from abba.modeling import REPO_ROOT
+
+    from .run import check_values, load_config
+
+    fixed = [f"benchmark={group}", "model_path=MODEL", "output_dir=OUT"]
+    try:
+        check_command_line(REPO_ROOT / "configs", "eval", [*fixed, *eval_args])
+    except CommandLineError as error:
+        raise UsageError(f"EVAL_ARGS: {error}") from None
+    try:
+        check_values(load_config([*fixed, *eval_args]))
+    except UsageError as error:
+        raise UsageError(f"EVAL_ARGS: {error}") from None
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in TASKS:
         raise UsageError(f"expected a group ({', '.join(TASKS)}) and run folders, got {' '.join(argv) or 'nothing'}; "
@@ -115,6 +134,7 @@ def _main(argv: list[str]) -> int:
     eval_args = shlex.split(os.environ.get("EVAL_ARGS", ""))
     merge_args = shlex.split(os.environ.get("MERGE_ARGS", ""))
     keep = os.environ.get("KEEP_MERGED", "0") not in ("", "0", "false")
+    _check_eval_args(group, eval_args)  # a typo in EVAL_ARGS must not cost a merge first
     failed = []
     for run in runs:
         try:

@@ -141,13 +141,35 @@ class _Progress:
             raise SimulatedInterrupt(f"interrupt_after={self.limit} reached")
 
 
+def model_fingerprint(model_path: str) -> str:
+    """What tells two models at one path apart (a run retrained with overwrite=true and merged again): the sha256
+    of the folder's merge_info.json and its files' names, sizes and modification times. Reading 14 GB of weights
+    to hash them would cost more than the evaluation; a re-merge rewrites the files, which this sees. A Hub id is
+    its own fingerprint."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return hashlib.sha256(model_path.encode()).hexdigest()[:16]
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+    info = folder / "merge_info.json"
+    payload = json.dumps([stats, info.read_text() if info.is_file() else None])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def _read_own_records(path: Path, model_path: str, what: str) -> dict[str, dict]:
-    """The records already in `path` (a resumed run), checked to come from this model."""
+    """The records already in `path` (a resumed run), checked to come from this model: another model_path is
+    refused; the same path holding another model now (its fingerprint changed) has its records made again."""
     done = read_samples(path)
     other = {r["model_path"] for r in done.values() if r.get("model_path", model_path) != model_path}
     if other:
         raise SamplesMismatchError(f"{path} holds {what} of {sorted(other)[0]}, not {model_path}: "
                                    "use another output_dir or delete the file")
+    fingerprint = model_fingerprint(model_path)
+    stale = [k for k, r in done.items() if r.get("model_fingerprint", fingerprint) != fingerprint]
+    if stale:
+        print(f"eval.run: the model at {model_path} changed since {len(stale)} {what} in {path.name} were made: "
+              f"making them again", flush=True)
+        done = {k: r for k, r in done.items() if k not in stale}
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 
 
@@ -246,7 +268,8 @@ def _score_nll(cfg: DictConfig, names: list[str], items: dict[str, list], out: P
             with SampleWriter(path) as writer:
                 for batch in nll_scoring.score(hf.model, hf.tokenizer, [it.reference for it in pending],
                                                batch_size=int(cfg.batch_size), desc=name):
-                    records = [{"id": pending[i].id, **result, "model_path": model_path} for i, result in batch]
+                    records = [{"id": pending[i].id, **result, "model_path": model_path,
+                                "model_fingerprint": model_fingerprint(model_path)} for i, result in batch]
                     writer.append(records)
                     done.update((r["id"], r) for r in records)
                     progress.add(len(records))
@@ -268,6 +291,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         raise UsageError(f"missing {' '.join(k + '=...' for k in missing)}: "
                          "python -m eval.run benchmark=NAME model_path=DIR output_dir=OUT")
     names = benchmark_names(cfg.benchmark)
+    check_values(cfg)
     nll = bool(cfg.get("nll", False))
     no_reference = [n for n in names if BENCHMARKS[n].reference is None]
     if nll and no_reference:
@@ -279,6 +303,40 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     with removed_on_failure(out, keep=lambda: out.is_dir() and any(f.stat().st_size for f in out.rglob("*")
                                                                      if f.is_file())):
         return _evaluate(cfg, names, nll, out)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse (UsageError, naming the key) a value that would otherwise fail after the model has loaded, or
+    write an empty evaluation: limit, subset, batch size, max_new_tokens, dtype, device."""
+    import torch
+
+    from abba.modeling import DTYPES
+
+    def integer(key: str, low: int, allow_null: bool) -> None:
+        value = cfg.get(key)
+        if value is None and allow_null:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"{key}={value}: must be an integer >= {low}" + (" or null" if allow_null else ""))
+
+    integer("limit", 1, True)
+    integer("max_new_tokens", 1, True)
+    integer("batch_size", 1, False)
+    integer("subset_seed", 0, False)
+    integer("seed", 0, False)
+    if str(cfg.get("subset", "first")) not in ("first", "random"):
+        raise UsageError(f"subset={cfg.subset}: must be first or random{did_you_mean(cfg.subset, ('first', 'random'))}")
+    dtype = str(cfg.get("dtype", "auto"))
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"dtype={dtype}: must be auto or one of {', '.join(DTYPES)}{did_you_mean(dtype, DTYPES)}")
+    device = str(cfg.get("device", "auto"))
+    if device != "auto":
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise UsageError(f"device={device}: must be auto, cpu, cuda or cuda:N") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device={device}: this machine has no CUDA device; use device=auto or device=cpu")
 
 
 def _evaluate(cfg: DictConfig, names: list[str], nll: bool, out: Path) -> dict[str, dict]:
@@ -327,7 +385,8 @@ def _evaluate(cfg: DictConfig, names: list[str], nll: bool, out: Path) -> dict[s
                             record = {"id": item.id, "benchmark": name, "prompt": item.prompt,
                                       "completion": completion, "prediction": None, "gold": item.gold,
                                       "correct": None, "model_path": model_path, "generation": generation,
-                                      "model_dtype": getattr(backend, "dtype", None)}
+                                      "model_dtype": getattr(backend, "dtype", None),
+                                      "model_fingerprint": model_fingerprint(model_path)}
                             records.append(score_record(scorer, record, options))
                             done[item.id] = records[-1]
                         writer.append(records)

@@ -343,3 +343,31 @@ def test_vllm_gets_one_seed_per_request_whatever_the_chunking(monkeypatch):
     requests.clear()
     list(VLLMBackend("unused").generate(["p"], BENCHMARKS["gsm8k"].decoding, (), seed=42))
     assert "seed" not in requests[0][1] and requests[0][1]["temperature"] == 0.0  # greedy: no seed
+
+
+def test_a_model_replaced_at_the_same_path_is_evaluated_again(tmp_path, generated, one_thread):
+    """Found by a fresh-clone review: a run retrained with overwrite=true and merged again to the same folder kept
+    the old model's completions (eval.run knew a model only by its path). Records now carry a fingerprint of the
+    model folder; a changed model makes them again."""
+    from abba.modeling import load_tokenizer
+    from conftest import model_cfg
+
+    tokenizer = load_tokenizer(model_cfg("tiny_llama"))
+    abba_run(tmp_path / "run_a", tokenizer, seed=3)
+    abba_run(tmp_path / "run_b", tokenizer, seed=4)
+    model, out = tmp_path / "merged", tmp_path / "out"
+    merge(tmp_path / "run_a" / "final", model)
+    evaluate(_config(model, out, "benchmark=boolq", "limit=3", "nll=true"))
+    first = {r["id"]: r["completion"] for r in _lines(out / "samples_boolq.jsonl")}
+    first_nll = {r["id"]: r["nll_sum"] for r in _lines(out / "nll_boolq.jsonl")}
+    assert len(generated) == 3
+    generated.clear()
+    evaluate(_config(model, out, "benchmark=boolq", "limit=3", "nll=true"))  # the same model: all reused
+    assert generated == []
+    merge(tmp_path / "run_b" / "final", model, overwrite=True)  # another model, same path
+    evaluate(_config(model, out, "benchmark=boolq", "limit=3", "nll=true"))
+    assert len(generated) == 3  # every item generated again
+    second_nll = {r["id"]: r["nll_sum"] for r in _lines(out / "nll_boolq.jsonl")}
+    assert len(second_nll) == 3 and all(second_nll[k] != first_nll[k] for k in first_nll)  # NLLs re-scored too
+    samples = _lines(out / "samples_boolq.jsonl")
+    assert len(samples) == 3 and set(first) == {r["id"] for r in samples}

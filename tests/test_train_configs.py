@@ -145,7 +145,7 @@ def test_run_folder_name_comes_from_experiment_seed_and_learning_overrides():
 
     overrides = ["experiment=x", "seed=2", "peft.r1=8", "peft.lr=1e-4", "trainer.max_steps=5", "paths.output_root=/tmp",
                  "trainer.save_steps=3", "resume=true"]
-    assert default_run_dir("out", "exp", 2, overrides) == str(Path("out/exp/seed2/peft.lr=1e-4,peft.r1=8,trainer.max_steps=5"))
+    assert default_run_dir("out", "exp", 2, overrides) == str(Path("out/exp/seed2/peft.lr=0.0001,peft.r1=8,trainer.max_steps=5"))
     assert default_run_dir("out", "exp", 0, ["experiment=x", "paths.output_root=/o"]) == str(Path("out/exp/seed0"))
     # The trainer choice and the data file change what is trained (issue 10): they name the run too.
     assert default_run_dir("out", "exp", 0, ["trainer=zero3"]) == str(Path("out/exp/seed0/trainer=zero3"))

@@ -26,7 +26,7 @@ from abba.modeling import REPO_ROOT
 from abba.run_folder import default_run_dir, override_suffix
 
 # Keys that choose where or how a run executes, written out here independently of abba.run_folder's list.
-EXECUTION_ONLY = {"experiment", "seed", "output_dir", "resume", "overwrite", "paths.output_root", "paths.data_dir",
+EXECUTION_ONLY = {"experiment", "seed", "output_dir", "resume", "overwrite", "paths.output_root",
                   "logger", "trainer.save_steps", "trainer.logging_steps", "hydra/launcher", "data.num_proc"}
 
 
@@ -47,6 +47,21 @@ def test_data_paths_trainers_and_named_sweeps_get_their_own_folders():
                  "trainer.save_steps=5", "hydra/launcher=slurm") == "."
 
 
+def test_a_sweep_and_a_single_run_of_one_configuration_share_a_name():
+    """Hydra hands a sweep's jobs its own rendering of a value (`-m peft.lr=1e-3,1e-2` -> `peft.lr=0.001`) where
+    a single run keeps what was typed: numbers are named canonically, so both find the same run folder."""
+    assert _name("peft.lr=1e-3") == _name("peft.lr=0.001") == _name("peft.lr=1.0e-3") == "peft.lr=0.001"
+    assert _name("trainer.bf16=True") == _name("trainer.bf16=true")
+    assert _name("peft.lr=1e-3") != _name("peft.lr=1e-2")
+    # A key given twice: Hydra applies the last value, and so does the name (the review found the order lost).
+    assert _name("peft.lr=1e-3", "peft.lr=1e-2") == _name("peft.lr=1e-2") != _name("peft.lr=1e-2", "peft.lr=1e-3")
+    # The data directory decides what is read: it names the run (paths.output_root does not).
+    assert _name("paths.data_dir=/a/data") != _name("paths.data_dir=/b/data") != "."
+    # An override too long for the name keeps its key, with the hash.
+    long = _name("data.name=" + "x" * 150)
+    assert long.startswith("data.name~") and len(long) <= 110
+
+
 def test_sixteen_overrides_make_a_short_unique_name():
     overrides = [f"peft.{k}={v}" for k, v in [("r1", 8), ("r2", 8), ("alpha", 16), ("lr", 0.0005), ("dropout", 0.05),
                                              ("weight_decay", 0.01), ("scaling", "official"), ("init", "kaiming"),
@@ -59,6 +74,15 @@ def test_sixteen_overrides_make_a_short_unique_name():
     changed = [*overrides[:-1], "data.max_length=512"]  # differs only in what the readable part may cut
     assert override_suffix(changed) != name
     assert override_suffix(list(reversed(overrides))) == name  # order on the command line does not matter
+
+
+def _meaning(override: str) -> tuple:
+    """(key, value) with numbers compared as numbers: 1e-3 and 0.001 set the same learning rate."""
+    key, value = override.lstrip("+").split("=", 1)
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
 
 
 def test_names_are_equal_exactly_when_the_learning_overrides_are():
@@ -74,7 +98,7 @@ def test_names_are_equal_exactly_when_the_learning_overrides_are():
     for _ in range(400):
         keys = rng.sample(sorted(pool), rng.randint(0, len(pool)))
         overrides = [f"{k}={rng.choice(pool[k])}" for k in keys]
-        identity = frozenset(o.lstrip("+") for o in overrides if o.split("=")[0].lstrip("+") not in EXECUTION_ONLY)
+        identity = frozenset(_meaning(o) for o in overrides if o.split("=")[0].lstrip("+") not in EXECUTION_ONLY)
         name = override_suffix(overrides)
         assert len(name) <= 110 and "/" not in name
         assert seen.setdefault(name, identity) == identity, (name, sorted(identity), sorted(seen[name]))
@@ -92,6 +116,13 @@ def _ok_overrides(tmp_path: Path) -> list[str]:
     (["-m", "peft.r1=8,abc"], 2, "peft.r1=abc"),
     (["model.random_init=false", "model.name_or_path=/nonexistent/model"], 1, "/nonexistent/model does not exist"),
     (["model.tokenizer=missing/tokenizer/folder"], 1, "tokenizer folder missing/tokenizer/folder does not exist"),
+    # Found by a fresh-clone review: each of these used to end in a 20-40 line traceback.
+    (["peft.lr=-1"], 2, "peft.lr=-1: must be a positive number"),
+    (["data.subset_size=-5"], 2, "data.subset_size=-5: must be a positive integer or null"),
+    (["trainer.per_device_train_batch_size=0"], 2, "trainer.per_device_train_batch_size=0: must be an integer >= 1"),
+    (["trainer.lr_scheduler_type=foo"], 2, "trainer: foo is not a valid SchedulerType"),
+    (["+trainer.foo=1"], 2, "unexpected keyword argument 'foo'"),
+    (["peft.target_modules=[foo_proj]"], 2, "peft: target_modules=['foo_proj'] matches no nn.Linear"),
 ])
 def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, says, shared_data, tmp_path):
     result = run_train([*_ok_overrides(tmp_path), *extra], shared_data, tmp_path)
@@ -247,3 +278,42 @@ def test_a_refused_job_does_not_stop_the_sweep_and_the_summary_says_why(shared_d
     assert refused[:2] == ["refused", "peft.lr=0.001"] and "resume=true" in lines[start + 1]
     assert trained[:2] == ["trained", "peft.lr=0.01"]
     assert str(seed_dir / "peft.lr=0.01,trainer.max_steps=2") in lines[start + 2]
+
+
+
+@pytest.mark.parametrize("extra, says", [
+    ("limit=abc", "limit=abc: must be an integer >= 1 or null"),
+    ("limit=0", "limit=0: must be an integer >= 1 or null"),
+    ("subset=rand", "subset=rand: must be first or random (did you mean: random)"),
+    ("dtype=float33", "dtype=float33: must be auto or one of"),
+    ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("max_new_tokens=0", "max_new_tokens=0: must be an integer >= 1 or null"),
+])
+def test_eval_run_refuses_bad_values_before_loading_anything(extra, says, shared_data, tmp_path):
+    """Found by a fresh-clone review: these failed after the model had loaded (exit 1, key not named) or
+    wrote an evaluation of 0 items. The model path does not exist: the value is refused first."""
+    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "eval.run", "benchmark=gsm8k", f"model_path={tmp_path / 'none'}",
+                             f"output_dir={tmp_path / 'out'}", "backend=hf", extra], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], \
+        result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_eval_checks_eval_args_before_merging(shared_data, tmp_path):
+    """Found by a fresh-clone review: a typo in EVAL_ARGS was found only after the (expensive) merge."""
+    from eval_helpers import abba_run
+
+    from abba.modeling import load_tokenizer
+    from conftest import model_cfg
+
+    run = tmp_path / "outputs" / "test_abba" / "seed3"
+    abba_run(run, load_tokenizer(model_cfg("tiny_llama")))
+    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1", "RESULTS_DIR": str(tmp_path / "results"),
+           "EVAL_ARGS": "limit=x backend=hf"}
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "arithmetic_merge_eval.sh"), str(run)], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == "error: EVAL_ARGS: limit=x: must be an integer >= 1 or null"
+    assert not (tmp_path / "results").exists()  # nothing merged
