@@ -228,4 +228,4 @@ def test_readme_mini_numbers_are_the_committed_tables():
         assert cells[-2:] == table[label][-2:], (cells, table[label])  # Avg acc, Avg NLL
         assert cells[2] == table[label][2]  # seeds
         quoted += 1
-    assert quoted == 4
+    assert quoted >= 4  # base, ABBA, LoRA, majority at least
