@@ -265,11 +265,12 @@ def _score_nll(cfg: DictConfig, names: list[str], items: dict[str, list], out: P
         pending = [item for item in items[name] if item.id not in done]
         if pending:
             hf = hf or _load_backend("hf", cfg)
+            fingerprint = model_fingerprint(model_path)  # once per file: it stats the model folder
             with SampleWriter(path) as writer:
                 for batch in nll_scoring.score(hf.model, hf.tokenizer, [it.reference for it in pending],
                                                batch_size=int(cfg.batch_size), desc=name):
                     records = [{"id": pending[i].id, **result, "model_path": model_path,
-                                "model_fingerprint": model_fingerprint(model_path)} for i, result in batch]
+                                "model_fingerprint": fingerprint} for i, result in batch]
                     writer.append(records)
                     done.update((r["id"], r) for r in records)
                     progress.add(len(records))
@@ -372,6 +373,7 @@ def _evaluate(cfg: DictConfig, names: list[str], nll: bool, out: Path) -> dict[s
             pending = [item for item in items[name] if item.id not in done]
             if pending:
                 backend = backend or _load_backend(backend_name, cfg)
+                fingerprint = model_fingerprint(model_path)  # once per file: it stats the model folder
                 with SampleWriter(samples_path) as writer:
                     # Each item's random stream is seeded from (seed, benchmark/id) alone, so neither the batch
                     # size nor the items already done (a resumed run) change what it samples.
@@ -386,7 +388,7 @@ def _evaluate(cfg: DictConfig, names: list[str], nll: bool, out: Path) -> dict[s
                                       "completion": completion, "prediction": None, "gold": item.gold,
                                       "correct": None, "model_path": model_path, "generation": generation,
                                       "model_dtype": getattr(backend, "dtype", None),
-                                      "model_fingerprint": model_fingerprint(model_path)}
+                                      "model_fingerprint": fingerprint}
                             records.append(score_record(scorer, record, options))
                             done[item.id] = records[-1]
                         writer.append(records)

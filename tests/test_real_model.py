@@ -228,6 +228,23 @@ def test_lora_export_matches_in_stock_peft_on_a_fresh_base(perturbed_abba, conve
 
 
 # ------------------------------------------------------------------------------------- train + merge (CLI)
+TEN_STEPS = ["experiment=smoke_commonsense", f"model={MODEL}", "trainer.max_steps=10", "data.subset_size=80",
+             "data.max_length=128", "trainer.per_device_train_batch_size=2", "trainer.save_steps=100",
+             "peft.alpha=8", "peft.lr=5e-3", "peft.target_modules=[q_proj,v_proj,down_proj]"]
+
+
+def _train_ten_steps(run_dir, method_args: list[str], shared_data, tmp_path) -> list[dict]:
+    """Ten steps of a rank-4 adapter on SmolLM2 (TEN_STEPS plus `method_args`); the run's metrics.jsonl records,
+    after checking that the loss fell: the mean of the last three steps below half that of the first three."""
+    result = run_train([*TEN_STEPS, f"output_dir={run_dir}", *method_args], shared_data, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, f"loss did not fall: first 3 steps {first:.3f}, last 3 {last:.3f} ({losses})"
+    return records
+
+
 @pytest.mark.slow
 def test_ten_training_steps_lower_the_loss_and_the_run_merges(converted, base, shared_data, tmp_path, prompt_ids):
     from transformers import AutoModelForCausalLM
@@ -236,17 +253,8 @@ def test_ten_training_steps_lower_the_loss_and_the_run_merges(converted, base, s
 
     cached = snapshot(converted)
     run_dir = tmp_path / "run"
-    result = run_train(["experiment=smoke_commonsense", f"model={MODEL}", f"output_dir={run_dir}",
-                        "trainer.max_steps=10", "data.subset_size=80", "data.max_length=128",
-                        "trainer.per_device_train_batch_size=2", "trainer.save_steps=100", "peft.r1=4", "peft.r2=4",
-                        "peft.alpha=8", "peft.lr=5e-3", "peft.target_modules=[q_proj,v_proj,down_proj]"],
-                       shared_data, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = _train_ten_steps(run_dir, ["peft.r1=4", "peft.r2=4"], shared_data, tmp_path)
     assert [r["step"] for r in records] == list(range(1, 11))
-    losses = [r["loss"] for r in records]
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.5 * first, f"loss did not fall: first 3 steps {first:.3f}, last 3 {last:.3f} ({losses})"
     assert yaml.safe_load((run_dir / "final" / "abba_model.yaml").read_text())["source"] == "gguf"
 
     merged_dir = tmp_path / "merged"
@@ -385,16 +393,7 @@ def test_lorapro_lowers_the_loss_of_the_real_model_in_ten_steps(converted, share
     """Issue 15: peft=lorapro trains SmolLM2-135M (LoRA r=4 under LoRA-Pro's AdamW, from B = 0) and the result
     merges as the plain LoRA it is. Measured when written: first three steps 2.50 nats/token, last three 0.56."""
     run_dir = tmp_path / "run"
-    result = run_train(["experiment=smoke_commonsense", f"model={MODEL}", f"output_dir={run_dir}",
-                        "trainer.max_steps=10", "data.subset_size=80", "data.max_length=128",
-                        "trainer.per_device_train_batch_size=2", "trainer.save_steps=100", "peft=lorapro", "peft.r=4",
-                        "peft.alpha=8", "peft.lr=5e-3", "peft.target_modules=[q_proj,v_proj,down_proj]"],
-                       shared_data, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 10
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.5 * first, f"loss did not fall: first 3 steps {first:.3f}, last 3 {last:.3f} ({losses})"
+    assert len(_train_ten_steps(run_dir, ["peft=lorapro", "peft.r=4"], shared_data, tmp_path)) == 10
     merge = subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={run_dir / 'final'}",
                             f"output_dir={tmp_path / 'merged'}"], cwd=tmp_path, env=train_env(shared_data),
                            capture_output=True, text=True, timeout=600)
