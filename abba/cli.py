@@ -80,3 +80,18 @@ def hydra_arg(key: str, value) -> str:
     if _HYDRA_PLAIN.match(text):
         return f"{key}={text}"
     return f"{key}='" + text.replace("'", "\\'") + "'"  # a backslash is literal unless it precedes a quote
+
+
+def parse_key_values(argv: list[str], defaults: dict, usage: str = "") -> dict:
+    """`key=value` arguments over `defaults` (the known keys), values as the strings typed.
+
+    Raises UsageError for an argument without '=' or a key not in `defaults` (with close matches)."""
+    values = dict(defaults)
+    usage = usage or "options: " + ", ".join(f"{k}=..." for k in defaults)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or not key:
+            raise UsageError(f"argument {arg!r} is not key=value; {usage}")
+        unknown_options([key], defaults, usage)
+        values[key] = value
+    return values

@@ -5,6 +5,8 @@
     torchrun --nproc_per_node 4 -m abba.train experiment=t2_mistral_7b_abba_r32 trainer=zero2
     python -m abba.train -m experiment=smoke_arithmetic peft.lr=1e-4,1e-3  # local sweep
     python -m abba.train -m hydra/launcher=slurm experiment=t1_llama3_2_1b_abba_r32 seed=0,1,2
+    python -m abba.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=8 hydra.launcher.gpus_per_node=8 \
+        experiment=t2_mistral_7b_abba_r32 trainer=zero2                   # one SLURM job on 8 GPUs (abba.launch)
 
 Writes the run folder RUN (see abba.run_folder): config.yaml, run_info.json, metrics.jsonl, checkpoint-*/ and
 final/ (adapter or full model + tokenizer + abba_model.yaml). `train(cfg)` returns the final training loss
@@ -13,11 +15,13 @@ final/ (adapter or full model + tokenizer + abba_model.yaml). `train(cfg)` retur
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -27,13 +31,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .baselines import METHODS, apply_method, is_abba, parameter_counts
 from .data import DataError, build_train_dataset, check_data_source
 from .gguf_source import ModelSourceError
+from .launch import accumulation_error, export_submitit_env
 from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, torch_dtype
 from .official_code import apply_official_code
 from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, has_checkpoint,
                          is_finished, removed_on_failure, run_info, write_atomic, write_json)
 
 log = logging.getLogger("abba.train")
-NOT_TRAINING_ARGS = ("name", "deepspeed", "keep_global_batch", "bf16", "warmup_ratio")
+NOT_TRAINING_ARGS = ("name", "deepspeed", "keep_global_batch", "bf16", "warmup_ratio", "activation_checkpointing")
 FINAL_LOSS_WINDOW = 10
 
 
@@ -83,6 +88,9 @@ def _validate(cfg: DictConfig) -> None:
     for key, value, ok, wanted in checks:
         if value is not None and not ok(value):
             raise TrainConfigError(f"{key}={value}: must be {wanted}")
+    batch_error = accumulation_error(cfg.trainer, int(os.environ.get("WORLD_SIZE", "1")))
+    if batch_error:  # the paper's global batch, or a refusal: never a silently different one
+        raise TrainConfigError(batch_error)
     unread = sorted(set(cfg.peft) - _read_keys(cfg.peft.method))
     if unread:  # e.g. peft=lora on an ABBA experiment: its r1, r2 stay in the config but nothing reads them
         log.warning("peft=%s does not read peft.%s (set by the experiment for another method); alpha, lr and the "
@@ -100,14 +108,24 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _float32_adapter_under_zero12(cfg: DictConfig) -> bool:
-    """ZeRO stage 0-2 training only float32 adapter tensors: ABBA with adapter_dtype float32, or a peft adapter
-    (peft keeps its adapter weights float32 on a bf16 base). Full fine-tuning keeps DeepSpeed's bf16 mode, whose
-    float32 master weights it needs; ZeRO-3 keeps it too, since there bf16 mode is what builds the base in bf16."""
-    stage = OmegaConf.select(cfg, "trainer.deepspeed.zero_optimization.stage", default=0)
-    if stage is None or int(stage) >= 3 or cfg.peft.method == "full":
+def _float32_adapter_under_deepspeed(cfg: DictConfig) -> bool:
+    """DeepSpeed (ZeRO stage 0-3) training only float32 adapter tensors: ABBA with adapter_dtype float32, or a peft
+    adapter (peft keeps its adapter weights float32 on a bf16 base). Full fine-tuning keeps DeepSpeed's bf16 mode,
+    whose float32 master weights it needs."""
+    if not OmegaConf.select(cfg, "trainer.deepspeed") or cfg.peft.method == "full":
         return False
     return cfg.peft.method != "abba" or cfg.peft.get("adapter_dtype", "float32") == "float32"
+
+
+def _bf16(cfg: DictConfig) -> bool:
+    bf16 = cfg.trainer.bf16
+    return _on_gpu() if bf16 == "auto" else bool(bf16)
+
+
+def _autocast_instead_of_deepspeed_bf16(cfg: DictConfig) -> bool:
+    """bf16 requested under DeepSpeed for a float32 adapter: training_arguments swaps DeepSpeed's bf16 mode for its
+    torch_autocast, and under ZeRO-3 the base is then built in model.dtype explicitly (_zero3_init_dtype)."""
+    return _bf16(cfg) and _float32_adapter_under_deepspeed(cfg)
 
 
 def training_arguments(cfg: DictConfig, run_dir: Path):
@@ -119,25 +137,26 @@ def training_arguments(cfg: DictConfig, run_dir: Path):
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs = {k: v for k, v in trainer_cfg.items() if k not in NOT_TRAINING_ARGS}
-    bf16 = trainer_cfg["bf16"]
-    kwargs["bf16"] = _on_gpu() if bf16 == "auto" else bool(bf16)
+    kwargs["bf16"] = _bf16(cfg)
     deepspeed_cfg = trainer_cfg.get("deepspeed")
-    if deepspeed_cfg and kwargs["bf16"] and _float32_adapter_under_zero12(cfg):
+    if deepspeed_cfg and _autocast_instead_of_deepspeed_bf16(cfg):
         # DeepSpeed's bf16 mode casts every parameter, the float32 adapter included, to bf16 and accumulates its
         # gradients in bf16. Keep the adapter (and its gradients, reductions and optimizer state) float32 instead
-        # and get the bf16 compute from torch autocast, as a single process does (issue 14).
+        # and get the bf16 compute from torch autocast, as a single process does (issue 14). ZeRO-3 builds the
+        # base after this (transformers' zero.Init reads this config): _build_and_train keeps it in model.dtype.
         deepspeed_cfg = {**deepspeed_cfg, "bf16": {"enabled": False},
                          # no module's gradients are reduced in bf16 (the default would pick every nn.Linear)
                          "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
         kwargs["bf16"] = False  # the Trainer's own bf16 would be DeepSpeed's bf16 mode again
     kwargs["warmup_steps"] = float(trainer_cfg["warmup_ratio"])  # transformers 5: a float < 1 is a ratio
+    # transformers 5.21 renamed the field gradient_checkpointing -> activation_checkpointing; the config uses the
+    # new name and this passes it under the name the installed version has (the locked 5.20.2: the old one).
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    kwargs[checkpointing] = bool(trainer_cfg.get("activation_checkpointing", False))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if trainer_cfg.get("keep_global_batch") and world_size > 1:
-        accumulation = kwargs["gradient_accumulation_steps"]
-        kwargs["gradient_accumulation_steps"] = max(1, accumulation // world_size)
-        if accumulation % world_size:
-            log.warning("gradient_accumulation_steps %d is not divisible by %d processes: global batch changes",
-                        accumulation, world_size)
+    if trainer_cfg.get("keep_global_batch") and world_size > 1:  # _validate refused a world size not dividing it
+        kwargs["gradient_accumulation_steps"] //= world_size
     if cfg.logger.name == "wandb":
         os.environ.setdefault("WANDB_PROJECT", str(cfg.logger.project))
         os.environ["WANDB_MODE"] = str(cfg.logger.mode)  # the config is explicit: it beats the environment
@@ -208,6 +227,25 @@ def _save_pissa_init(model, directory: Path) -> None:
 def _zero3(cfg: DictConfig) -> bool:
     ds = cfg.trainer.deepspeed
     return ds is not None and int(ds.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+@contextmanager
+def _zero3_init_dtype(dtype: torch.dtype):
+    """Models built inside come out of transformers' deepspeed.zero.Init partitioned in `dtype`.
+
+    transformers passes zero.Init only the DeepSpeed config, whose `bf16` section then decides the parameters'
+    dtype: float32 once training_arguments has switched DeepSpeed's bf16 mode off for autocast, which would
+    hold a 7B base in float32. zero.Init's own `dtype` argument overrides the config; DeepSpeed's ZeRO-3 with
+    torch_autocast takes a frozen bf16 base next to the float32 adapter (parameters are gathered per dtype)."""
+    import deepspeed
+    import functools
+
+    init = deepspeed.zero.Init
+    deepspeed.zero.Init = functools.partial(init, dtype=dtype)
+    try:
+        yield
+    finally:
+        deepspeed.zero.Init = init
 
 
 def _copy_into_zero3(model, state_dict: dict, is_main: bool) -> None:
@@ -298,8 +336,10 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
     with args.main_process_first(local=False, desc="tokenizing"):
         dataset, n_truncated = build_train_dataset(cfg.data, tokenizer)
 
-    base = _load("weights", cfg.model, lambda: build_model(cfg.model, dtype=torch_dtype(cfg.model.dtype),
-                                                           seed=int(cfg.seed)))  # ZeRO-3: partitioned
+    dtype = torch_dtype(cfg.model.dtype)
+    with _zero3_init_dtype(dtype) if _zero3(cfg) and _autocast_instead_of_deepspeed_bf16(cfg) else nullcontext():
+        # ZeRO-3: built partitioned
+        base = _load("weights", cfg.model, lambda: build_model(cfg.model, dtype=dtype, seed=int(cfg.seed)))
     if single_process_weights is not None:
         _copy_into_zero3(base, single_process_weights, is_main)
         del single_process_weights
@@ -381,6 +421,7 @@ def main(cfg: DictConfig) -> float:
     from . import sweep
     from .cli import INTERRUPTED, REFUSED, USAGE, fail
 
+    export_submitit_env()  # a task of a several-task submitit job becomes a torchrun-style process (abba.launch)
     # As typed: reading the list through OmegaConf would resolve `${paths.data_dir}` inside an override and make
     # the folder name depend on the environment (and differ from abba.mini's and abba.reproduce's).
     task = [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
@@ -418,5 +459,8 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     from .hydra_check import exit_on_bad_command_line
 
+    from .launch import exit_on_bad_launch
+
     exit_on_bad_command_line(REPO_ROOT / "configs", "train")
+    exit_on_bad_launch(REPO_ROOT / "configs", "train")
     main()

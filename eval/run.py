@@ -31,6 +31,12 @@ rather than a merged model, or a Hub id that is neither cached nor reachable), 1
 so far are kept: the same command resumes). model_path is a local folder when it exists or looks like a path
 (abba.modeling.is_local_path: absolute, starting with '.' or '~', with two or more '/', or `dir/x` beside an
 existing `dir/`); such a path is never looked up on the Hub. A failed run leaves no output folder it created empty.
+
+One process: eval.run does not split items over processes. Under torchrun, or in a submitit job of several tasks
+(WORLD_SIZE > 1), it refuses in one line (exit 2) rather than have every process generate every item into the
+same files; evaluations are cheap next to training, so run one `python -m eval.run` per model. A model that does
+not fit one GPU: `backend=vllm tensor_parallel_size=N` (vLLM shards it over N GPUs of this node, in its own
+worker processes).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -308,7 +315,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
 
 def check_values(cfg: DictConfig) -> None:
     """Refuse (UsageError, naming the key) a value that would otherwise fail after the model has loaded, or
-    write an empty evaluation: limit, subset, batch size, max_new_tokens, dtype, device."""
+    write an empty evaluation: limit, subset, batch size, max_new_tokens, tensor_parallel_size, dtype, device; and
+    a launch on several processes (see the module docstring)."""
     import torch
 
     from abba.modeling import DTYPES
@@ -325,6 +333,12 @@ def check_values(cfg: DictConfig) -> None:
     integer("batch_size", 1, False)
     integer("subset_seed", 0, False)
     integer("seed", 0, False)
+    integer("tensor_parallel_size", 1, True)
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world not in ("", "1"):
+        raise UsageError(f"eval.run runs as one process, but WORLD_SIZE={world} (torchrun or several submitit "
+                         f"tasks): launch it as plain `python -m eval.run ...`; for a model too large for one GPU "
+                         f"use backend=vllm tensor_parallel_size=N")
     if str(cfg.get("subset", "first")) not in ("first", "random"):
         raise UsageError(f"subset={cfg.subset}: must be first or random{did_you_mean(cfg.subset, ('first', 'random'))}")
     dtype = str(cfg.get("dtype", "auto"))

@@ -1,18 +1,19 @@
-# Sourced by scripts/test.sh and scripts/quickstart.sh: create or reuse .venv and install the CPU extras.
-# Re-installs only when pyproject.toml changes (a stamp file records its hash).
+# Sourced by scripts/test.sh and scripts/quickstart.sh: create or reuse .venv and install the CPU set
+# (requirements-cpu.txt: the locked versions the tests run on, this project editable).
+# Re-installs only when pyproject.toml or requirements-cpu.txt changes (a stamp file records their hash).
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-  echo "error: Python 3.10+ is required ($PY is $("$PY" --version 2>&1))" >&2
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: Python 3.11+ is required ($PY is $("$PY" --version 2>&1))" >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml requirements-cpu.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "== installing the CPU extras into .venv (first run only)"
+  echo "== installing the CPU set (requirements-cpu.txt) into .venv (first run only)"
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[cpu,dev]"
+  python -m pip install -q -r requirements-cpu.txt
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

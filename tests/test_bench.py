@@ -83,7 +83,7 @@ def test_quick_benchmark_counts_resident_bytes_and_parameters_by_hand(quick_resu
     assert model["dora_r32"] > model["lora_r32"]  # DoRA adds one magnitude per output feature
 
 
-def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, shared_data, tokenizer):
+def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, excerpt_data, tokenizer):
     """parts=[smollm2] end to end on the tiny random model (quick=true): every (adapter, precision) row, the batch
     of real records as training tokenizes it, equal trainable parameters, ratios and profiles. No timing asserted."""
     from hydra import compose, initialize_config_dir
@@ -96,7 +96,7 @@ def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, shared_data, tokenize
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("bench", overrides=["parts=[smollm2]", "quick=true", f"out_dir={tmp_path}", "threads=1",
                                           "quick_settings.repeats=2", "quick_settings.warmup=0",
-                                          f"smollm2.data_dir={shared_data}"])
+                                          f"smollm2.data_dir={excerpt_data}"])
     path = run_benchmark(cfg)
     assert path.name.startswith("cpu-smollm2-") and path.name.endswith("-quick.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.with_suffix(".md").name]  # no layer report
@@ -110,7 +110,7 @@ def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, shared_data, tokenize
     assert ctx["model"] == "tiny_llama" and ctx["random_init"] is True and ctx["batch"] == 4
 
     # The batch: the records the report names, tokenized as training does, padded to the longest.
-    records = load_records(str(shared_data), ctx["data_files"])
+    records = load_records(str(excerpt_data), ctx["data_files"])
     lengths = [len(tokenize_example(records[i], tokenizer, ctx["max_length"])["input_ids"]) for i in ctx["record_indices"]]
     assert lengths == ctx["lengths"] and ctx["seq"] == max(lengths)
     assert ctx["non_pad_tokens"] == sum(lengths) and ctx["padded_tokens"] == 4 * max(lengths)

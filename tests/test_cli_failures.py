@@ -116,7 +116,7 @@ EVAL = ["-m", "eval.run", "benchmark=boolq", "limit=2", "backend=hf", "batch_siz
 
 
 @pytest.mark.parametrize("model_path", ["merged/nope", "./nope", "out/merged/nope", "ABSOLUTE"])
-def test_eval_run_missing_local_model_is_one_line_and_never_asks_the_hub(model_path, tmp_path, shared_data,
+def test_eval_run_missing_local_model_is_one_line_and_never_asks_the_hub(model_path, tmp_path, excerpt_data,
                                                                           fake_hub):
     """The issue's `model_path=merged/nope` (beside an existing merged/ folder) and other local-looking paths:
     today ~49 s of Hub retries and 106 lines; now one line, no Hub connection even when online, no output."""
@@ -124,26 +124,26 @@ def test_eval_run_missing_local_model_is_one_line_and_never_asks_the_hub(model_p
     model_path = str(tmp_path / "nope") if model_path == "ABSOLUTE" else model_path
     start = time.monotonic()
     proc = run([*EVAL, f"model_path={model_path}", "output_dir=results/x/seed0"], tmp_path,
-               **ONLINE, HF_ENDPOINT=fake_hub.url, ABBA_DATA_DIR=str(shared_data))
+               **ONLINE, HF_ENDPOINT=fake_hub.url, ABBA_DATA_DIR=str(excerpt_data))
     assert_one_line_error(proc, 1, f"model_path={model_path} does not exist", "abba.merge")
     assert fake_hub.connections == 0 and time.monotonic() - start < 60
     assert tree(tmp_path) == ["merged"]  # no results/x/seed0, not even results/
 
 
-def test_eval_run_hub_id_that_is_not_there_is_one_line(tmp_path, shared_data, fake_hub):
+def test_eval_run_hub_id_that_is_not_there_is_one_line(tmp_path, excerpt_data, fake_hub):
     """`merged/nope` with no merged/ folder is shaped like a Hub id (org/name): one request, no retries."""
     proc = run([*EVAL, "model_path=merged/nope", "output_dir=out"], tmp_path, **ONLINE,
-               HF_ENDPOINT=fake_hub.url, ABBA_DATA_DIR=str(shared_data))
+               HF_ENDPOINT=fake_hub.url, ABBA_DATA_DIR=str(excerpt_data))
     assert_one_line_error(proc, 1, "merged/nope", "Hugging Face Hub")
     assert 1 <= fake_hub.connections <= 2 and tree(tmp_path) == []
-    offline = run([*EVAL, "model_path=merged/nope", "output_dir=out"], tmp_path, ABBA_DATA_DIR=str(shared_data))
+    offline = run([*EVAL, "model_path=merged/nope", "output_dir=out"], tmp_path, ABBA_DATA_DIR=str(excerpt_data))
     assert_one_line_error(offline, 1, "merged/nope", "HF_HUB_OFFLINE=1")
     assert tree(tmp_path) == []
 
 
-def test_eval_run_adapter_folder_says_how_to_merge_it_and_the_command_works(models, tmp_path, shared_data):
+def test_eval_run_adapter_folder_says_how_to_merge_it_and_the_command_works(models, tmp_path, excerpt_data):
     proc = run([*EVAL, f"model_path={models / 'run' / 'final'}", "output_dir=out"], tmp_path,
-               ABBA_DATA_DIR=str(shared_data))
+               ABBA_DATA_DIR=str(excerpt_data))
     line = assert_one_line_error(proc, 1, "is an adapter folder, not a merged model", "merge it first")
     assert tree(tmp_path) == []
     command = re.search(r"`python (-m abba\.merge [^`]*)`", line).group(1).split()
@@ -160,9 +160,9 @@ def test_eval_run_adapter_folder_says_how_to_merge_it_and_the_command_works(mode
 @pytest.mark.parametrize("args, needle", [(["benchmark=gsm8kk"], "did you mean: gsm8k"),
                                           (["backend=hff"], "did you mean: hf"),
                                           (["limt=2"], "limt")])
-def test_eval_run_bad_command_line_is_a_usage_error(args, needle, models, tmp_path, shared_data):
+def test_eval_run_bad_command_line_is_a_usage_error(args, needle, models, tmp_path, excerpt_data):
     proc = run([*EVAL, f"model_path={models / 'model'}", "output_dir=out", *args], tmp_path,
-               ABBA_DATA_DIR=str(shared_data))
+               ABBA_DATA_DIR=str(excerpt_data))
     assert_one_line_error(proc, 2, needle)
     assert tree(tmp_path) == []
 
@@ -174,14 +174,19 @@ def test_eval_run_missing_data_leaves_no_folder(models, tmp_path):
     assert tree(tmp_path) == []
 
 
-def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(models, tmp_path, shared_data):
+def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(models, tmp_path, excerpt_data):
     """A real SIGINT once the first samples are on disk: exit 130, one `error:` line (after the progress bars)
     that says a re-run resumes and how many items it keeps (tests/test_eval_run.py checks the resuming)."""
     out = tmp_path / "out"
     samples = out / "samples_boolq.jsonl"
+    # 400 items, so that the run is still going when the signal comes: the excerpt's records over and over.
+    records = json.loads((excerpt_data / "commonsense" / "boolq" / "test.json").read_text())
+    data = tmp_path / "boolq_400.json"
+    data.write_text(json.dumps([records[i % len(records)] for i in range(400)]))
     command = [sys.executable, "-m", "eval.run", "benchmark=boolq", f"model_path={models / 'model'}",
-               f"output_dir={out}", "limit=400", "backend=hf", "batch_size=1", "max_new_tokens=8"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(ABBA_DATA_DIR=str(shared_data)),
+               f"output_dir={out}", f"data_file={data}", "limit=400", "backend=hf", "batch_size=1",
+               "max_new_tokens=8"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(ABBA_DATA_DIR=str(excerpt_data)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -202,7 +207,7 @@ def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(model
     assert not (out / "metrics.json").exists()
 
 
-def test_ctrl_c_before_any_sample_leaves_no_folder(models, tmp_path, shared_data, monkeypatch):
+def test_ctrl_c_before_any_sample_leaves_no_folder(models, tmp_path, excerpt_data, monkeypatch):
     """An interrupt before anything is scored (here while the model loads) removes the output folder it made."""
     from eval import run as eval_run
 
@@ -211,7 +216,7 @@ def test_ctrl_c_before_any_sample_leaves_no_folder(models, tmp_path, shared_data
 
     monkeypatch.setattr(eval_run, "make_backend", interrupted)
     cfg = eval_run.load_config([f"model_path={models / 'model'}", f"output_dir={tmp_path / 'a' / 'out'}",
-                                "benchmark=boolq", "limit=2", "backend=hf", f"paths.data_dir={shared_data}"])
+                                "benchmark=boolq", "limit=2", "backend=hf", f"paths.data_dir={excerpt_data}"])
     with pytest.raises(KeyboardInterrupt):
         eval_run.evaluate(cfg)
     assert tree(tmp_path) == []

@@ -24,17 +24,17 @@ def _records(path):
 
 
 @pytest.mark.slow
-def test_train_merge_evaluate_gsm8k_and_boolq(shared_data, tmp_path, tokenizer, one_thread):
+def test_train_merge_evaluate_gsm8k_and_boolq(excerpt_data, tmp_path, tokenizer, one_thread):
     from abba.train import train
 
     run = tmp_path / "run"
-    train(compose_train("experiment=smoke_arithmetic", f"output_dir={run}", f"paths.data_dir={shared_data}",
+    train(compose_train("experiment=smoke_arithmetic", f"output_dir={run}", f"paths.data_dir={excerpt_data}",
                         "data.subset_size=16", "data.max_length=256", "trainer.max_steps=4",
                         "trainer.per_device_train_batch_size=4", "trainer.save_steps=100"))
     merge(run / "final", tmp_path / "merged")
 
     out, single = tmp_path / "eval", tmp_path / "eval_single"
-    common = [f"model_path={tmp_path / 'merged'}", "backend=hf", "limit=20", f"paths.data_dir={shared_data}"]
+    common = [f"model_path={tmp_path / 'merged'}", "backend=hf", "limit=20", f"paths.data_dir={excerpt_data}"]
     evaluate(load_config([*common, "benchmark=gsm8k", f"output_dir={out}", "batch_size=8"]))
     evaluate(load_config([*common, "benchmark=boolq", f"output_dir={out}", "batch_size=8"]))
     evaluate(load_config([*common, "benchmark=gsm8k", f"output_dir={single}", "batch_size=1"]))
@@ -51,7 +51,7 @@ def test_train_merge_evaluate_gsm8k_and_boolq(shared_data, tmp_path, tokenizer, 
                                                          "top_p": 0.75, "top_k": 40, "stop": STOP_STRINGS,
                                                          "seed": 0}
 
-    raw = [json.loads(line) for line in (shared_data / "math_eval" / "gsm8k_test.jsonl").open()][:20]
+    raw = [json.loads(line) for line in (excerpt_data / "math_eval" / "gsm8k_test.jsonl").open()][:20]
     gsm8k, boolq = _records(out / "samples_gsm8k.jsonl"), _records(out / "samples_boolq.jsonl")
     assert sorted(gsm8k) == sorted(boolq) == sorted(str(i) for i in range(20))
     for i, record in ((int(k), v) for k, v in gsm8k.items()):

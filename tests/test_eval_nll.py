@@ -1,5 +1,6 @@
 """eval.run nll=true (teacher-forced NLL of the gold responses) and subset=random, on a tiny random Llama and the
-real benchmark files. Expected values come from transformers' own loss and from the data files, not from eval/."""
+excerpts of the real benchmark files (tests/data). Expected values come from transformers' own loss and from the
+data files, not from eval/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from eval.benchmarks import BENCHMARKS, load_items
 from eval.run import SimulatedInterrupt, evaluate, load_config
+from conftest import EXCERPTS
 from eval_helpers import one_thread  # noqa: F401  (fixture)
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -46,15 +48,16 @@ def loaded(model_dir):
 
 
 def _config(model, out, *extra):
-    return load_config([f"model_path={model}", f"output_dir={out}", "backend=hf", "batch_size=4", "device=cpu", *extra])
+    return load_config([f"model_path={model}", f"output_dir={out}", "backend=hf", "batch_size=4", "device=cpu",
+                        f"paths.data_dir={EXCERPTS}", *extra])
 
 
 def _lines(path):
     return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
-def _records(shared_data, name):
-    return json.loads((shared_data / "commonsense" / name / "test.json").read_text())
+def _records(excerpt_data, name):
+    return json.loads((excerpt_data / "commonsense" / name / "test.json").read_text())
 
 
 def _transformers_nll(model, tokenizer, prompt: str, response: str) -> tuple[float, int]:
@@ -67,13 +70,13 @@ def _transformers_nll(model, tokenizer, prompt: str, response: str) -> tuple[flo
     return loss.item(), sum(label != -100 for label in labels[1:])  # position 0 predicts nothing
 
 
-def test_nll_equals_transformers_loss_on_real_arc_easy_items(model_dir, loaded, shared_data, tmp_path, one_thread):
+def test_nll_equals_transformers_loss_on_real_arc_easy_items(model_dir, loaded, excerpt_data, tmp_path, one_thread):
     out = tmp_path / "out"
     evaluate(_config(model_dir, out, "benchmark=ARC-Easy", "limit=5", "subset=random", "subset_seed=7", "nll=true"))
     metrics = json.loads((out / "metrics.json").read_text())["ARC-Easy"]
     lines = _lines(out / "nll_ARC-Easy.jsonl")
     samples = {r["id"]: r for r in _lines(out / "samples_ARC-Easy.jsonl")}
-    records = _records(shared_data, "ARC-Easy")
+    records = _records(excerpt_data, "ARC-Easy")
     assert len(lines) == 5 and sorted(r["id"] for r in lines) == sorted(samples)
 
     model, tokenizer = loaded
@@ -92,12 +95,12 @@ def test_nll_equals_transformers_loss_on_real_arc_easy_items(model_dir, loaded, 
     assert metrics["limit"] == 5 and metrics["subset"] == "random" and metrics["subset_seed"] == 7 and metrics["n"] == 5
 
 
-def test_batched_nll_equals_one_by_one(loaded, shared_data, one_thread):
+def test_batched_nll_equals_one_by_one(loaded, excerpt_data, one_thread):
     from eval import nll
 
     model, tokenizer = loaded
     items = [it for name in ("ARC-Easy", "boolq", "gsm8k")
-             for it in load_items(BENCHMARKS[name], shared_data, limit=4, subset="random", seed=1, references=True)]
+             for it in load_items(BENCHMARKS[name], excerpt_data, limit=4, subset="random", seed=1, references=True)]
     references = [it.reference for it in items]
 
     def run(batch_size):
@@ -119,7 +122,8 @@ def test_batched_nll_equals_one_by_one(loaded, shared_data, one_thread):
     assert all("<<" not in it.reference["output"] and "####" not in it.reference["output"] for it in gsm8k)
 
 
-def test_killed_nll_pass_resumes_and_scores_every_item_once(model_dir, shared_data, tmp_path, monkeypatch, one_thread):
+def test_killed_nll_pass_resumes_and_scores_every_item_once(model_dir, excerpt_data, tmp_path, monkeypatch,
+                                                            one_thread):
     from eval import nll
 
     scored: list[str] = []
@@ -144,7 +148,7 @@ def test_killed_nll_pass_resumes_and_scores_every_item_once(model_dir, shared_da
     metrics = evaluate(_config(model_dir, out, *args))["boolq"]
     lines = _lines(path)
     assert sorted(r["id"] for r in lines) == sorted(str(i) for i in range(10))  # each item exactly once
-    items = load_items(BENCHMARKS["boolq"], shared_data, limit=10, references=True)
+    items = load_items(BENCHMARKS["boolq"], excerpt_data, limit=10, references=True)
     done_first = {r["id"] for r in first}
     assert sorted(scored) == sorted(it.reference["instruction"] for it in items if it.id not in done_first)
     assert metrics["nll"] == pytest.approx(sum(r["nll_sum"] for r in lines) / sum(r["n_tokens"] for r in lines))
@@ -155,12 +159,12 @@ def test_killed_nll_pass_resumes_and_scores_every_item_once(model_dir, shared_da
     assert scored == [] and len(_lines(path)) == 10
 
 
-def test_random_subset_is_seeded_and_drawn_from_the_file(shared_data):
+def test_random_subset_is_seeded_and_drawn_from_the_file(excerpt_data):
     bench = BENCHMARKS["ARC-Easy"]
-    records = _records(shared_data, "ARC-Easy")
+    records = _records(excerpt_data, "ARC-Easy")
 
     def ids(seed, limit=20):
-        return [it.id for it in load_items(bench, shared_data, limit=limit, subset="random", seed=seed)]
+        return [it.id for it in load_items(bench, excerpt_data, limit=limit, subset="random", seed=seed)]
 
     first, again, other = ids(0), ids(0), ids(1)
     assert first == again and first != other
@@ -169,13 +173,13 @@ def test_random_subset_is_seeded_and_drawn_from_the_file(shared_data):
         assert len(set(positions)) == 20 and positions == sorted(positions)  # N distinct, in file order
         assert all(0 <= p < len(records) for p in positions)
     assert positions != list(range(20))
-    items = load_items(bench, shared_data, limit=20, subset="random", seed=1)
+    items = load_items(bench, excerpt_data, limit=20, subset="random", seed=1)
     for it in items:  # each id names the file record the item was made from
         record = records[int(it.id)]
         assert it.gold == record["answer"] and it.prompt == ALPACA.format(instruction=record["instruction"])
-    assert [it.id for it in load_items(bench, shared_data, limit=5)] == ["0", "1", "2", "3", "4"]  # subset=first
-    n_obqa = len(_records(shared_data, "openbookqa"))
-    everything = load_items(BENCHMARKS["openbookqa"], shared_data, limit=n_obqa + 100, subset="random")
+    assert [it.id for it in load_items(bench, excerpt_data, limit=5)] == ["0", "1", "2", "3", "4"]  # subset=first
+    n_obqa = len(_records(excerpt_data, "openbookqa"))
+    everything = load_items(BENCHMARKS["openbookqa"], excerpt_data, limit=n_obqa + 100, subset="random")
     assert [it.id for it in everything] == [str(i) for i in range(n_obqa)]  # fewer than N: all of them
 
 

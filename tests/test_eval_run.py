@@ -13,6 +13,7 @@ from eval.backends.hf import HFBackend
 from eval.benchmarks import BENCHMARKS, DataMissingError, load_items, resolve
 from eval.rescore import main as rescore_main
 from eval.run import SimulatedInterrupt, evaluate, load_config
+from conftest import EXCERPTS
 from eval_helpers import abba_run, one_thread  # noqa: F401  (fixture)
 
 
@@ -42,7 +43,9 @@ def generated(monkeypatch):
 
 
 def _config(model, out, *extra):
-    return load_config([f"model_path={model}", f"output_dir={out}", "backend=hf", "batch_size=4", *extra])
+    """The excerpts in tests/data are the data folder (a later paths.data_dir= in `extra` wins)."""
+    return load_config([f"model_path={model}", f"output_dir={out}", "backend=hf", "batch_size=4",
+                        f"paths.data_dir={EXCERPTS}", *extra])
 
 
 def _lines(path):
@@ -85,10 +88,10 @@ def test_rescore_round_trips_a_samples_file(merged_model, tmp_path, capsys, one_
     assert [(r["prediction"], r["correct"]) for r in original] == [(r["prediction"], r["correct"]) for r in rescored]
 
 
-def test_rescore_fills_in_math_records(shared_data, tmp_path, capsys):
+def test_rescore_fills_in_math_records(excerpt_data, tmp_path, capsys):
     from eval.benchmarks import BENCHMARKS, load_items
 
-    items = load_items(BENCHMARKS["math"], shared_data, limit=10)
+    items = load_items(BENCHMARKS["math"], excerpt_data, limit=10)
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": it.id, "completion": f"The answer is: {it.gold if i % 2 else 'zzz'}",
                                           "gold": it.gold}) + "\n" for i, it in enumerate(items)))
@@ -280,7 +283,7 @@ def test_sampled_completions_do_not_depend_on_batch_size_or_resuming(merged_mode
     run 8 of 16. Each item now has its own random stream, seeded from (seed, benchmark/id)."""
     def run(out, *extra):
         cfg = load_config([f"model_path={merged_model}", f"output_dir={out}", "backend=hf", "benchmark=ARC-Easy",
-                           "limit=8", *extra])
+                           "limit=8", f"paths.data_dir={EXCERPTS}", *extra])
         evaluate(cfg)
         return {r["id"]: r["completion"] for r in _lines(out / "samples_ARC-Easy.jsonl")}
 

@@ -1,4 +1,5 @@
-"""Answer extraction and scoring on the real benchmark files (../shared/data) and on hand-checked pairs."""
+"""Answer extraction and scoring on the real benchmark files (the excerpts in tests/data always, the full files in
+../shared/data when present) and on hand-checked pairs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from fractions import Fraction
 
 import pytest
+from conftest import EXCERPTS, expected_records
 
 from eval.benchmarks import BENCHMARKS, GROUPS, load_items
 from eval.benchmarks.commonsense import VOCABULARIES
@@ -25,9 +27,9 @@ def math_scorer():
 
 
 # ------------------------------------------------------------------ GSM8K
-def test_gsm8k_every_gold_parses_and_scores(shared_data):
-    items = load_items(BENCHMARKS["gsm8k"], shared_data)
-    assert len(items) == 1319
+def test_gsm8k_every_gold_parses_and_scores(excerpts_and_full):
+    items = load_items(BENCHMARKS["gsm8k"], excerpts_and_full)
+    assert len(items) == expected_records(excerpts_and_full, "math_eval/gsm8k_test.jsonl")  # 1319 in the full file
     scorer = GSM8KScorer()
     golds = [parse_number(item.gold) for item in items]
     assert all(g is not None and g.denominator == 1 for g in golds)
@@ -59,10 +61,10 @@ def test_gsm8k_rounding_option_and_missing_answer():
 
 
 # ------------------------------------------------------------------- MATH
-def test_math_every_gold_parses_and_scores(shared_data, math_scorer):
-    items = load_items(BENCHMARKS["math"], shared_data)
-    assert len(items) == 5000
-    records = [json.loads(line) for line in (shared_data / "math_eval" / "MATH_test.jsonl").open()]
+def test_math_every_gold_parses_and_scores(excerpts_and_full, math_scorer):
+    items = load_items(BENCHMARKS["math"], excerpts_and_full)
+    assert len(items) == expected_records(excerpts_and_full, "math_eval/MATH_test.jsonl")  # 5000 in the full file
+    records = [json.loads(line) for line in (excerpts_and_full / "math_eval" / "MATH_test.jsonl").open()]
     assert all(item.gold == last_boxed(r["solution"]) and item.gold for item, r in zip(items, records))
     right = [math_scorer.score(f"We are done.\nThe answer is: {item.gold}", item.gold) for item in items]
     assert all(r["correct"] for r in right)
@@ -73,7 +75,10 @@ def test_math_every_gold_parses_and_scores(shared_data, math_scorer):
                      if value is not None]
     symbolic_items = [item for item, value in numeric if value is None][::5]
     symbolic_wrong = [math_scorer.score("The answer is: 123457", item.gold) for item in symbolic_items]
-    assert len(numeric_wrong) > 3900 and len(symbolic_wrong) > 190
+    if excerpts_and_full == EXCERPTS:  # both kinds of gold are among the 35 excerpt problems
+        assert numeric_wrong and symbolic_wrong
+    else:
+        assert len(numeric_wrong) > 3900 and len(symbolic_wrong) > 190
     assert not any(r["correct"] for r in numeric_wrong + symbolic_wrong)
 
 
@@ -125,10 +130,11 @@ def test_math_normalization_exception_option():
 
 # ------------------------------------------------------------ commonsense
 @pytest.mark.parametrize("name", GROUPS["commonsense"])
-def test_commonsense_golds_and_scoring(shared_data, name):
-    items = load_items(BENCHMARKS[name], shared_data)
+def test_commonsense_golds_and_scoring(excerpts_and_full, name):
+    items = load_items(BENCHMARKS[name], excerpts_and_full)
     vocabulary = VOCABULARIES[name]
-    assert items and all(item.gold in vocabulary for item in items)
+    assert len(items) == expected_records(excerpts_and_full, f"commonsense/{name}/test.json")
+    assert all(item.gold in vocabulary for item in items)
     assert all(item.prompt.endswith("### Response:\n") for item in items)
     scorer = BENCHMARKS[name].make_scorer({})
     assert all(scorer.score(f"the correct answer is {item.gold}", item.gold)["correct"] for item in items)

@@ -15,12 +15,12 @@ from eval_helpers import abba_run, write_run_config
 
 
 @pytest.mark.slow
-def test_cr_merge_eval_script_writes_results_folder(shared_data, tokenizer, tmp_path):
+def test_cr_merge_eval_script_writes_results_folder(excerpt_data, tokenizer, tmp_path):
     run = tmp_path / "outputs" / "test_abba" / "seed3"
     abba_run(run, tokenizer, seed=3)
     write_run_config(run, "test_abba_cr", 3, "abba", task="commonsense")
     env = dict(os.environ, RESULTS_DIR=str(tmp_path / "results"), EVAL_ARGS="limit=2 backend=hf batch_size=2",
-               ABBA_DATA_DIR=str(shared_data), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+               ABBA_DATA_DIR=str(excerpt_data), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "cr_merge_eval.sh"), str(run)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -54,7 +54,7 @@ def test_results_folder_keeps_the_run_folders_override_suffix(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_sweep_members_merged_and_evaluated_keep_their_own_results_and_rows(shared_data, tmp_path):
+def test_two_sweep_members_merged_and_evaluated_keep_their_own_results_and_rows(excerpt_data, tmp_path):
     """Issue 11's example: two members of one sweep (same experiment and seed, other learning rates) evaluated
     with arithmetic_merge_eval.sh used to share results/<experiment>/seed0: the second reused the first's
     completions and the table showed the first model's scores. Now: two folders, two rows, each its own."""
@@ -62,12 +62,12 @@ def test_two_sweep_members_merged_and_evaluated_keep_their_own_results_and_rows(
 
     members = ("peft.lr=0.001", "peft.lr=0.05")
     trained = run_train(["-m", "experiment=smoke_arithmetic", f"paths.output_root={tmp_path / 'outputs'}",
-                         "peft.lr=0.001,0.05", "trainer.max_steps=3"], shared_data, tmp_path)
+                         "peft.lr=0.001,0.05", "trainer.max_steps=3"], excerpt_data, tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
     seed_dir = tmp_path / "outputs" / "smoke_arithmetic" / "seed0"
     runs = [seed_dir / f"{m},trainer.max_steps=3" for m in members]
     env = dict(os.environ, RESULTS_DIR=str(tmp_path / "results"), EVAL_ARGS="limit=2 backend=hf batch_size=2",
-               ABBA_DATA_DIR=str(shared_data), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+               ABBA_DATA_DIR=str(excerpt_data), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     for run in runs:  # one call each, as in the issue
         done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "arithmetic_merge_eval.sh"), str(run)], env=env,
                               cwd=tmp_path, capture_output=True, text=True, timeout=900)

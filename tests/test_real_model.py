@@ -235,7 +235,8 @@ TEN_STEPS = ["experiment=smoke_commonsense", f"model={MODEL}", "trainer.max_step
 
 def _train_ten_steps(run_dir, method_args: list[str], shared_data, tmp_path) -> list[dict]:
     """Ten steps of a rank-4 adapter on SmolLM2 (TEN_STEPS plus `method_args`); the run's metrics.jsonl records,
-    after checking that the loss fell: the mean of the last three steps below half that of the first three."""
+    after checking that the loss fell: the mean of the last three steps below half that of the first three.
+    On the full files (`shared_data`): the thresholds were measured on the sample they give."""
     result = run_train([*TEN_STEPS, f"output_dir={run_dir}", *method_args], shared_data, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -317,9 +318,9 @@ BAD = {  # name: (overrides given tmp_path, what the one line must say)
 }
 
 
-def _offline_env(tmp_path: Path, shared_data: Path) -> dict:
+def _offline_env(tmp_path: Path, data_dir: Path) -> dict:
     """The training env with an empty ABBA cache and an empty HF home (nothing cached), Hub offline."""
-    env = train_env(shared_data)
+    env = train_env(data_dir)
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "XDG_CACHE_HOME"):
         env.pop(key, None)
     env.update(ABBA_CACHE_DIR=str(tmp_path / "abba_cache"), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",
@@ -338,18 +339,18 @@ def _assert_refused(result, names: str, tmp_path: Path, inputs: set[str], prefix
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_model_source_exits_with_one_line_and_writes_nothing(case, shared_data, tmp_path):
+def test_bad_model_source_exits_with_one_line_and_writes_nothing(case, excerpt_data, tmp_path):
     make_overrides, names = BAD[case]
     overrides = make_overrides(tmp_path)
     inputs = {p.name for p in tmp_path.iterdir()}
-    env = _offline_env(tmp_path, shared_data)
+    env = _offline_env(tmp_path, excerpt_data)
     result = subprocess.run([sys.executable, "-m", "abba.train", "experiment=smoke_commonsense", f"model={MODEL}",
                              f"output_dir={tmp_path / 'run'}", *overrides], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     _assert_refused(result, names, tmp_path, inputs, "error: ")
 
 
-def test_merge_with_a_bad_base_model_entry_exits_with_one_line_and_writes_nothing(shared_data, tmp_path):
+def test_merge_with_a_bad_base_model_entry_exits_with_one_line_and_writes_nothing(excerpt_data, tmp_path):
     from abba import ABBAConfig
 
     entry = model_cfg(MODEL)
@@ -359,7 +360,7 @@ def test_merge_with_a_bad_base_model_entry_exits_with_one_line_and_writes_nothin
     adapter.mkdir()
     ABBAConfig(r1=2, r2=2).save(adapter)  # refused before any adapter weight is read
     inputs = {p.name for p in tmp_path.iterdir()}
-    env = _offline_env(tmp_path, shared_data)
+    env = _offline_env(tmp_path, excerpt_data)
     result = subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={adapter}",
                              f"output_dir={tmp_path / 'merged'}", f"base_model={tmp_path / 'bad_model.yaml'}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -15,7 +15,7 @@ METHOD_CLASSES = {"lora": "LoraModel", "rslora": "LoraModel", "pissa": "LoraMode
 
 @pytest.mark.parametrize("method", ["lora"] + [pytest.param(m, marks=pytest.mark.slow)
                                                 for m in ("rslora", "pissa", "dora", "hira", "loha", "full")])
-def test_baseline_trains_and_reloads(method, shared_data, tmp_path):
+def test_baseline_trains_and_reloads(method, excerpt_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -23,7 +23,7 @@ def test_baseline_trains_and_reloads(method, shared_data, tmp_path):
 
     run_dir = tmp_path / "run"
     overrides = ["experiment=smoke_commonsense", f"peft={method}", "trainer.max_steps=2", "data.subset_size=16",
-                 f"output_dir={run_dir}", f"paths.data_dir={shared_data}"]
+                 f"output_dir={run_dir}", f"paths.data_dir={excerpt_data}"]
     if method != "full":
         overrides.append("peft.r=4")
     with single_thread():
@@ -63,10 +63,10 @@ def test_pissa_init_splits_w0_into_residual_plus_adapter():
 
 
 @pytest.mark.slow
-def test_wandb_offline_logs_into_the_run_folder(shared_data, tmp_path):
+def test_wandb_offline_logs_into_the_run_folder(excerpt_data, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(["experiment=smoke_arithmetic", "trainer.max_steps=2", "logger=wandb", "logger.mode=offline",
-                        f"output_dir={run_dir}"], shared_data, tmp_path)
+                        f"output_dir={run_dir}"], excerpt_data, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0

@@ -161,3 +161,20 @@ def test_lorapro_rows_use_lorapros_own_hyperparameters(name):
     assert p["method"] == "lorapro" and (p["r"], p["alpha"]) == (32, 64)
     assert p["lr"] == t["learning_rate"] == 2e-5 and t["deepspeed"] is None
     assert p["moment_dtype"] == ("bfloat16" if name.startswith("t2_") else "float32")
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_activation_checkpointing_reaches_the_trainer(tmp_path, on):
+    # transformers renamed TrainingArguments.gradient_checkpointing to activation_checkpointing in 5.21; the locked
+    # version has the old name. Whichever the installed version has must carry trainer.activation_checkpointing.
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from abba.train import training_arguments
+
+    cfg = _compose("experiment=smoke_arithmetic", f"trainer.activation_checkpointing={str(on).lower()}")
+    args = training_arguments(cfg, tmp_path)
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    field = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    assert getattr(args, field) is on

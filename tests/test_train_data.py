@@ -60,15 +60,15 @@ def test_truncation_cuts_at_max_length_without_eos_and_is_counted(tokenizer, tmp
     assert n_truncated == 2 and len(dataset) == 3
 
 
-def test_real_commonsense_and_gsm8k_files_load(shared_data, tokenizer):
-    gsm = {"name": "g", "format": "gsm8k", "path": str(shared_data / "math_train/gsm8k_train.jsonl"),
+def test_real_commonsense_and_gsm8k_files_load(excerpt_data, tokenizer):
+    gsm = {"name": "g", "format": "gsm8k", "path": str(excerpt_data / "math_train/gsm8k_train.jsonl"),
            "subset_size": 5, "subset_mode": "first", "max_length": 512, "num_proc": 1}
     dataset, _ = build_train_dataset(gsm, tokenizer)
-    first = json.loads((shared_data / "math_train/gsm8k_train.jsonl").read_text().splitlines()[0])
+    first = json.loads((excerpt_data / "math_train/gsm8k_train.jsonl").read_text().splitlines()[0])
     answer = first["answer"].rsplit("####", 1)[1].strip()
     text = tokenizer.decode([t for t in dataset[0]["labels"] if t != IGNORE_INDEX])
     assert len(dataset) == 5 and text.removesuffix("</s>").endswith(f"The answer is: {answer}")
-    boolq = {"name": "b", "format": "commonsense", "path": [str(shared_data / "commonsense_train/boolq/train.json")],
+    boolq = {"name": "b", "format": "commonsense", "path": [str(excerpt_data / "commonsense_train/boolq/train.json")],
              "subset_size": 4, "subset_mode": "random", "subset_seed": 0, "max_length": 256, "num_proc": 1}
     dataset, _ = build_train_dataset(boolq, tokenizer)
     text = tokenizer.decode([t for t in dataset[0]["labels"] if t != IGNORE_INDEX])

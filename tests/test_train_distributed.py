@@ -17,7 +17,9 @@ from train_helpers import run_train
 from abba import ABBAConfig, get_abba_model, load_abba_model
 
 pytestmark = pytest.mark.slow
-SHORT = ["experiment=smoke_arithmetic", "trainer.max_steps=12", "trainer.save_steps=6"]
+# Accumulation 2 over 2 processes: 1 micro-batch of 8 each (a world size must divide it, abba/launch.py).
+SHORT = ["experiment=smoke_arithmetic", "trainer.max_steps=12", "trainer.save_steps=6",
+         "trainer.gradient_accumulation_steps=2"]
 
 
 def _single_process_init():
@@ -39,12 +41,12 @@ def _check_trained_run(run_dir):
     return trained
 
 
-def test_zero2_two_processes(shared_data, tmp_path):
+def test_zero2_two_processes(excerpt_data, tmp_path):
     """Stopped after the step-6 checkpoint, whose DeepSpeed module state holds the adapter only (no frozen base),
     then resumed from it to the end."""
     run_dir = tmp_path / "run"
     args = SHORT + ["trainer=zero2", f"output_dir={run_dir}"]
-    crashed = run_train(args + ["interrupt_at_step=6"], shared_data, tmp_path, nproc=2)
+    crashed = run_train(args + ["interrupt_at_step=6"], excerpt_data, tmp_path, nproc=2)
     assert crashed.returncode != 0 and not (run_dir / "final").exists()
     states = sorted((run_dir / "checkpoint-6").glob("global_step6/*model_states.pt"))
     assert states, sorted(p.name for p in (run_dir / "checkpoint-6").rglob("*"))
@@ -52,20 +54,20 @@ def test_zero2_two_processes(shared_data, tmp_path):
     frozen = {key for key in module if not key.rsplit(".", 1)[-1].startswith("abba_")}
     # DeepSpeed drops frozen parameters by name, so a tied output embedding (tiny_llama ties it) rides along
     assert module and frozen <= {"model.lm_head.weight"}, sorted(frozen)[:5]
-    result = run_train(args + ["resume=true"], shared_data, tmp_path, nproc=2)
+    result = run_train(args + ["resume=true"], excerpt_data, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_trained_run(run_dir)
 
 
 @pytest.mark.parametrize("threshold", [None, 0], ids=["default-threshold", "threshold-0"])
-def test_zero3_two_processes_initialises_like_one_process(shared_data, tmp_path, threshold):
+def test_zero3_two_processes_initialises_like_one_process(excerpt_data, tmp_path, threshold):
     """With stage3_param_persistence_threshold=0 every tensor is partitioned, as at real sizes (the default keeps
     the tiny test tensors whole): W0 is gathered for the SVD and the adapter for every save."""
     run_dir = tmp_path / "run"
     key = "trainer.deepspeed.zero_optimization.stage3_param_persistence_threshold"
     extra = [] if threshold is None else [f"{key}={threshold}"]
     result = run_train(SHORT + ["trainer=zero3", "dump_init_adapter=true", f"output_dir={run_dir}", *extra],
-                       shared_data, tmp_path, nproc=2)
+                       excerpt_data, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     initial = load_file(str(run_dir / "init_adapter" / "adapter_model.safetensors"))
     expected = _single_process_init()
@@ -87,11 +89,11 @@ BF16 = ["experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=tru
 ZERO2_BF16_ATOL = 1e-5
 
 
-def test_zero2_bf16_keeps_a_float32_adapter_equal_to_one_process(shared_data, tmp_path):
+def test_zero2_bf16_keeps_a_float32_adapter_equal_to_one_process(excerpt_data, tmp_path):
     """Issue 14: DeepSpeed's bf16 mode cast the float32 factors to bf16 (saved bf16, 0.4-0.9% off the single run)."""
-    single = run_train(BF16 + [f"output_dir={tmp_path / 'single'}"], shared_data, tmp_path)
+    single = run_train(BF16 + [f"output_dir={tmp_path / 'single'}"], excerpt_data, tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    zero2 = run_train(BF16 + ["trainer=zero2", f"output_dir={tmp_path / 'zero2'}"], shared_data, tmp_path, nproc=2)
+    zero2 = run_train(BF16 + ["trainer=zero2", f"output_dir={tmp_path / 'zero2'}"], excerpt_data, tmp_path, nproc=2)
     assert zero2.returncode == 0, zero2.stderr[-3000:]
     expected = load_file(str(tmp_path / "single" / "final" / "adapter_model.safetensors"))
     got = load_file(str(tmp_path / "zero2" / "final" / "adapter_model.safetensors"))

@@ -124,20 +124,20 @@ def _ok_overrides(tmp_path: Path) -> list[str]:
     (["+trainer.foo=1"], 2, "unexpected keyword argument 'foo'"),
     (["peft.target_modules=[foo_proj]"], 2, "peft: target_modules=['foo_proj'] matches no nn.Linear"),
 ])
-def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, says, shared_data, tmp_path):
-    result = run_train([*_ok_overrides(tmp_path), *extra], shared_data, tmp_path)
+def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, says, excerpt_data, tmp_path):
+    result = run_train([*_ok_overrides(tmp_path), *extra], excerpt_data, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], \
         result.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []  # no run folder, no empty parents
 
 
-def test_an_unreachable_hub_model_fails_fast_in_one_line(shared_data, tmp_path, monkeypatch):
+def test_an_unreachable_hub_model_fails_fast_in_one_line(excerpt_data, tmp_path, monkeypatch):
     """A Hub id while the Hub cannot be reached: one line at once, not transformers' retries and a traceback.
     The 'Hub' here is a closed local port, so the test never reaches the real one."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    env = {**train_env(shared_data), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "OMP_NUM_THREADS": "1"}
+    env = {**train_env(excerpt_data), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "abba.train", *_ok_overrides(tmp_path), "model.random_init=false",
                              "model.name_or_path=some-org/some-model"], cwd=tmp_path, env=env, capture_output=True,
@@ -150,13 +150,13 @@ def test_an_unreachable_hub_model_fails_fast_in_one_line(shared_data, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_a_model_that_fails_to_load_takes_its_new_folder_with_it(shared_data, tmp_path):
+def test_a_model_that_fails_to_load_takes_its_new_folder_with_it(excerpt_data, tmp_path):
     """The folder exists (the pre-check passes) but holds no model: the load fails after the run folder was
     made; the folder goes, and the same command, once the model is there, is not refused."""
     empty = tmp_path / "model"
     empty.mkdir()
     args = [*_ok_overrides(tmp_path), "model.random_init=false", f"model.name_or_path={empty}"]
-    result = run_train(args, shared_data, tmp_path)
+    result = run_train(args, excerpt_data, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and lines[-1].startswith(f"error: cannot load the weights of model {empty}"), \
         result.stderr[-3000:]
@@ -164,12 +164,12 @@ def test_a_model_that_fails_to_load_takes_its_new_folder_with_it(shared_data, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # outputs/... removed up to what existed
 
 
-def test_sixteen_overrides_train_and_record_the_command_line(shared_data, tmp_path):
+def test_sixteen_overrides_train_and_record_the_command_line(excerpt_data, tmp_path):
     overrides = ["peft.r1=4", "peft.r2=4", "peft.alpha=8", "peft.lr=0.005", "peft.dropout=0.0", "peft.weight_decay=0.0",
                  "peft.scaling=paper", "peft.init=svd", "peft.forward=khatri_rao", "peft.kaiming_a=2.0",
                  "peft.svd_niter=2", "trainer.max_steps=2", "trainer.warmup_ratio=0.0",
                  "trainer.lr_scheduler_type=constant", "data.subset_size=32", "data.max_length=256"]
-    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+    env = {**train_env(excerpt_data), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "abba.train", *_ok_overrides(tmp_path), *overrides], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0o022))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,8 +195,8 @@ def _wait_for(predicate, proc, timeout=300.0):
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_how_to_continue(shared_data, tmp_path):
-    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
+    env = {**train_env(excerpt_data), "OMP_NUM_THREADS": "1"}
     common = [sys.executable, "-m", "abba.train", "experiment=smoke_arithmetic", "trainer.max_steps=100000",
               "data.subset_size=480"]
     # Before the first checkpoint: nothing worth keeping, the folder goes.
@@ -244,14 +244,14 @@ def test_atomic_writes_honour_the_umask(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_over_data_files_trains_each_into_its_own_folder(shared_data, tmp_path):
+def test_a_sweep_over_data_files_trains_each_into_its_own_folder(excerpt_data, tmp_path):
     """The issue's example: `-m ... data.path=A.jsonl,B.jsonl` mapped both jobs to one folder and the second
     was refused (exit 2). Each now trains, on its own file."""
-    lines = (shared_data / "math_train" / "gsm8k_train.jsonl").read_text().splitlines()
+    lines = (excerpt_data / "math_train" / "gsm8k_train.jsonl").read_text().splitlines()
     (tmp_path / "A.jsonl").write_text("\n".join(lines[:40]) + "\n")
     (tmp_path / "B.jsonl").write_text("\n".join(lines[40:80]) + "\n")
     result = run_train(["-m", *_ok_overrides(tmp_path), f"data.path={tmp_path / 'A.jsonl'},{tmp_path / 'B.jsonl'}",
-                        "data.subset_size=32", "trainer.max_steps=2"], shared_data, tmp_path)
+                        "data.subset_size=32", "trainer.max_steps=2"], excerpt_data, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((tmp_path / "out" / "smoke_arithmetic" / "seed0").iterdir())
     assert [r.name.split("~")[0] for r in runs] == [f"data.path={n}.jsonl,data.subset_size=32,trainer.max_steps=2"
@@ -262,13 +262,13 @@ def test_a_sweep_over_data_files_trains_each_into_its_own_folder(shared_data, tm
 
 
 @pytest.mark.slow
-def test_a_refused_job_does_not_stop_the_sweep_and_the_summary_says_why(shared_data, tmp_path):
+def test_a_refused_job_does_not_stop_the_sweep_and_the_summary_says_why(excerpt_data, tmp_path):
     seed_dir = tmp_path / "out" / "smoke_arithmetic" / "seed0"
     blocked = seed_dir / "peft.lr=0.001,trainer.max_steps=2"
     blocked.mkdir(parents=True)
     (blocked / "config.yaml").write_text("an unfinished run\n")  # the first job is refused
     result = run_train(["-m", *_ok_overrides(tmp_path), "peft.lr=0.001,0.01", "trainer.max_steps=2"],
-                       shared_data, tmp_path)
+                       excerpt_data, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert (seed_dir / "peft.lr=0.01,trainer.max_steps=2" / "final").is_dir()  # the second job still ran
     assert (blocked / "config.yaml").read_text() == "an unfinished run\n" and len(list(blocked.iterdir())) == 1
@@ -289,10 +289,10 @@ def test_a_refused_job_does_not_stop_the_sweep_and_the_summary_says_why(shared_d
     ("batch_size=0", "batch_size=0: must be an integer >= 1"),
     ("max_new_tokens=0", "max_new_tokens=0: must be an integer >= 1 or null"),
 ])
-def test_eval_run_refuses_bad_values_before_loading_anything(extra, says, shared_data, tmp_path):
+def test_eval_run_refuses_bad_values_before_loading_anything(extra, says, excerpt_data, tmp_path):
     """Found by a fresh-clone review: these failed after the model had loaded (exit 1, key not named) or
     wrote an evaluation of 0 items. The model path does not exist: the value is refused first."""
-    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1"}
+    env = {**train_env(excerpt_data), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "eval.run", "benchmark=gsm8k", f"model_path={tmp_path / 'none'}",
                              f"output_dir={tmp_path / 'out'}", "backend=hf", extra], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -302,7 +302,7 @@ def test_eval_run_refuses_bad_values_before_loading_anything(extra, says, shared
     assert not (tmp_path / "out").exists()
 
 
-def test_merge_eval_checks_eval_args_before_merging(shared_data, tmp_path):
+def test_merge_eval_checks_eval_args_before_merging(excerpt_data, tmp_path):
     """Found by a fresh-clone review: a typo in EVAL_ARGS was found only after the (expensive) merge."""
     from eval_helpers import abba_run
 
@@ -311,7 +311,7 @@ def test_merge_eval_checks_eval_args_before_merging(shared_data, tmp_path):
 
     run = tmp_path / "outputs" / "test_abba" / "seed3"
     abba_run(run, load_tokenizer(model_cfg("tiny_llama")))
-    env = {**train_env(shared_data), "OMP_NUM_THREADS": "1", "RESULTS_DIR": str(tmp_path / "results"),
+    env = {**train_env(excerpt_data), "OMP_NUM_THREADS": "1", "RESULTS_DIR": str(tmp_path / "results"),
            "EVAL_ARGS": "limit=x backend=hf"}
     result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "arithmetic_merge_eval.sh"), str(run)], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)

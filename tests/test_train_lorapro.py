@@ -25,10 +25,10 @@ def _losses(run_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(shared_data, tmp_path_factory):
+def trained(excerpt_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lorapro")
     run_dir = tmp / "run"
-    result = run_train(SMOKE + [f"output_dir={run_dir}"], shared_data, tmp)
+    result = run_train(SMOKE + [f"output_dir={run_dir}"], excerpt_data, tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, tmp
 
@@ -49,7 +49,7 @@ def test_trains_the_tiny_model_with_the_lorapro_optimizer(trained):
     assert len(state["param_groups"]) == len(factors) // 2  # one group per LoRA layer
 
 
-def test_the_adapter_is_a_plain_lora_and_merges(trained, shared_data):
+def test_the_adapter_is_a_plain_lora_and_merges(trained, excerpt_data):
     from peft import PeftModel
 
     run_dir, tmp = trained
@@ -61,7 +61,7 @@ def test_the_adapter_is_a_plain_lora_and_merges(trained, shared_data):
 
     out = tmp / "merged"
     proc = subprocess.run([sys.executable, "-m", "abba.merge", f"adapter_dir={final}", f"output_dir={out}"],
-                          cwd=REPO_ROOT, env=train_env(shared_data), capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, env=train_env(excerpt_data), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = load_file(str(next(out.glob("*.safetensors"))))
     base = tiny_model("tiny_llama", seed=0).state_dict()
@@ -80,9 +80,9 @@ def test_the_adapter_is_a_plain_lora_and_merges(trained, shared_data):
     assert checked == len(factors) // 2 > 0
 
 
-def test_zero_is_refused_in_one_line_before_anything_runs(shared_data, tmp_path):
+def test_zero_is_refused_in_one_line_before_anything_runs(excerpt_data, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(SMOKE + ["trainer=zero2", f"output_dir={run_dir}"], shared_data, tmp_path)
+    result = run_train(SMOKE + ["trainer=zero2", f"output_dir={run_dir}"], excerpt_data, tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert lines == [lines[0]] and "peft=lorapro cannot run under DeepSpeed" in lines[0] and "trainer=single" in lines[0]
@@ -91,9 +91,9 @@ def test_zero_is_refused_in_one_line_before_anything_runs(shared_data, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["zero2", "zero3"])
-def test_zero_is_refused_with_two_processes(shared_data, tmp_path, trainer):
+def test_zero_is_refused_with_two_processes(excerpt_data, tmp_path, trainer):
     run_dir = tmp_path / "run"
-    result = run_train(SMOKE + [f"trainer={trainer}", f"output_dir={run_dir}"], shared_data, tmp_path, nproc=2)
+    result = run_train(SMOKE + [f"trainer={trainer}", f"output_dir={run_dir}"], excerpt_data, tmp_path, nproc=2)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: peft=lorapro")]
     assert len(errors) == 2, result.stderr[-2000:]  # one line from each process, nothing trained
@@ -102,10 +102,10 @@ def test_zero_is_refused_with_two_processes(shared_data, tmp_path, trainer):
 
 
 @pytest.mark.slow
-def test_plain_data_parallel_two_processes(shared_data, tmp_path):
+def test_plain_data_parallel_two_processes(excerpt_data, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(SMOKE + ["trainer.max_steps=12", "trainer.save_steps=6", f"output_dir={run_dir}"],
-                       shared_data, tmp_path, nproc=2)
+    result = run_train(SMOKE + ["trainer.max_steps=12", "trainer.save_steps=6", "trainer.gradient_accumulation_steps=2",
+                               f"output_dir={run_dir}"], excerpt_data, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["finished"] and info["global_step"] == 12

@@ -19,12 +19,12 @@ from abba import load_abba_model
 
 
 @pytest.fixture(scope="session")
-def smoke_run(shared_data, tmp_path_factory):
+def smoke_run(excerpt_data, tmp_path_factory):
     """(RUN folder, in-memory trained model, returned loss) of `experiment=smoke_arithmetic`."""
     from abba.train import fit
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    cfg = compose_train("experiment=smoke_arithmetic", f"output_dir={run_dir}", f"paths.data_dir={shared_data}")
+    cfg = compose_train("experiment=smoke_arithmetic", f"output_dir={run_dir}", f"paths.data_dir={excerpt_data}")
     with single_thread():
         loss, model = fit(cfg)
     return run_dir, model, loss
@@ -85,16 +85,16 @@ def test_run_folder_holds_config_run_info_checkpoints_and_final(smoke_run):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, shared_data, tmp_path):
+def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, excerpt_data, tmp_path):
     run_dir, _, _ = smoke_run
     resumed = tmp_path / "run"
     args = ["experiment=smoke_arithmetic", f"output_dir={resumed}"]
-    crashed = run_train(args + ["interrupt_at_step=20"], shared_data, tmp_path)
+    crashed = run_train(args + ["interrupt_at_step=20"], excerpt_data, tmp_path)
     assert crashed.returncode != 0 and not (resumed / "final").exists()
     assert (resumed / "checkpoint-20").is_dir()
-    refused = run_train(args, shared_data, tmp_path)  # an unfinished folder is not reused silently either
+    refused = run_train(args, excerpt_data, tmp_path)  # an unfinished folder is not reused silently either
     assert refused.returncode == 1 and "resume=true" in refused.stderr  # a refusal (abba.cli): exit 1
-    done = run_train(args + ["resume=true"], shared_data, tmp_path)
+    done = run_train(args + ["resume=true"], excerpt_data, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     reference = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
     got = load_file(str(resumed / "final" / "adapter_model.safetensors"))
@@ -112,20 +112,20 @@ def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, shared_
     ("peft.lr=1e-3,x", "add -m to sweep"),
     ("peft=pissa trainer=zero3", "peft=pissa cannot run under ZeRO-3"),
 ])
-def test_bad_input_exits_with_one_line_and_writes_nothing(override, names, shared_data, tmp_path):
+def test_bad_input_exits_with_one_line_and_writes_nothing(override, names, excerpt_data, tmp_path):
     run_dir = tmp_path / "run"
     args = ["experiment=smoke_arithmetic", f"output_dir={run_dir}", *override.split()]
-    result = run_train(args, shared_data, tmp_path)
+    result = run_train(args, excerpt_data, tmp_path)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], result.stderr
     assert not run_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_finished_run_folder_is_not_overwritten(smoke_run, shared_data, tmp_path):
+def test_finished_run_folder_is_not_overwritten(smoke_run, excerpt_data, tmp_path):
     run_dir, _, _ = smoke_run
     before = snapshot(run_dir)
-    result = run_train(["experiment=smoke_arithmetic", f"output_dir={run_dir}"], shared_data, tmp_path)
+    result = run_train(["experiment=smoke_arithmetic", f"output_dir={run_dir}"], excerpt_data, tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "finished run" in lines[0] and str(run_dir) in lines[0]
@@ -133,9 +133,9 @@ def test_finished_run_folder_is_not_overwritten(smoke_run, shared_data, tmp_path
 
 
 @pytest.mark.slow
-def test_local_multirun_writes_one_run_folder_per_job(shared_data, tmp_path):
+def test_local_multirun_writes_one_run_folder_per_job(excerpt_data, tmp_path):
     result = run_train(["-m", "experiment=smoke_arithmetic", "peft.lr=1e-3,1e-2", "trainer.max_steps=3",
-                        f"paths.output_root={tmp_path / 'out'}"], shared_data, tmp_path)
+                        f"paths.output_root={tmp_path / 'out'}"], excerpt_data, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     seed_dir = tmp_path / "out" / "smoke_arithmetic" / "seed0"
     runs = sorted(p.name for p in seed_dir.iterdir())

@@ -15,13 +15,15 @@ from ..modeling import resolve_path
 
 FORMATS = ("metamathqa", "commonsense", "gsm8k")
 
+# What to do about a missing file: `bash scripts/get_data.sh` (abba/data/download.py) fetches every one of them
+# into paths.data_dir (env ABBA_DATA_DIR, default ../shared/data).
 HOW_TO_GET = {
-    "metamathqa": "download meta-math/MetaMathQA (MetaMathQA-395K.json) from the Hugging Face Hub, or set "
-    "data.path=null to load it from the Hub",
-    "commonsense": "get commonsense_170k.json from the LLM-Adapters repository (ft-training_set/) and pass "
-    "data.path=... or put it under paths.data_dir (env ABBA_DATA_DIR)",
-    "gsm8k": "use the GSM8K train split (question/answer jsonl); tests read ../shared/data/math_train/gsm8k_train.jsonl "
-    "(env ABBA_DATA_DIR points elsewhere)",
+    "metamathqa": "run `bash scripts/get_data.sh only=metamathqa` (math_train/MetaMathQA-395K.json under "
+    "paths.data_dir) and pass data.path=..., or set data.path=null to load meta-math/MetaMathQA from the Hub",
+    "commonsense": "run `bash scripts/get_data.sh only=training` (commonsense_170k.json and the commonsense_train/ "
+    "splits under paths.data_dir, env ABBA_DATA_DIR), or pass data.path=...",
+    "gsm8k": "run `bash scripts/get_data.sh only=gsm8k_train` (math_train/gsm8k_train.jsonl under paths.data_dir, "
+    "env ABBA_DATA_DIR), or pass data.path=... (GSM8K-style question/answer JSONL)",
 }
 
 

@@ -150,4 +150,5 @@ def load_records(bench: Benchmark, data_dir: str | Path, data_file: str | Path |
         except Exception as error:  # offline, gated, renamed: fall through to the instructions
             hub_error = f" (Hub {bench.hub.path} failed: {type(error).__name__})"
     raise DataMissingError(f"no data for benchmark {bench.name}: put {bench.download_hint} at {path} "
-                           f"(or pass data_file=PATH){hub_error}")
+                           f"(`bash scripts/get_data.sh only={bench.name} data_dir={data_dir}` fetches it; or pass "
+                           f"data_file=PATH){hub_error}")
