@@ -41,8 +41,9 @@ from typing import Iterable
 from .cli import hydra_arg
 from .modeling import REPO_ROOT
 from .run_folder import default_run_dir, is_finished, run_info, write_atomic, write_json
+from .table_registry import MINI_METHODS
 
-METHODS = ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha")
+METHODS = MINI_METHODS  # abba.table_registry: the mini table's methods
 LR_GRID = ("0.001", "0.003")
 #: ABBA's alpha sets its scaling s = alpha^2 / sqrt(r1 r2) (32 at alpha 16, 8 at alpha 8), which Adam's
 #: scale-free steps do not cancel: it is swept with the learning rate.
@@ -64,6 +65,7 @@ class Size:
     eval_batch_size: int = 32
 
 
+#: MINI_BENCHMARKS (tests/test_table_registry.py) in evaluation order, with the items evaluated (None: all).
 FOUR = (("ARC-Challenge", 300), ("ARC-Easy", 300), ("boolq", 300), ("openbookqa", None))
 SIZES = {
     "cpu": Size("cpu", METHODS, {"abba": (0, 1, 2), "lora": (0, 1, 2)}, FOUR, "outputs/mini", "results/mini"),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .table_registry import BENCHMARK_LABELS, MINI_BENCHMARKS
 
 
 def pyplot():
@@ -46,8 +47,6 @@ def _join(values) -> str:
 def items_text(runs, benchmarks, labels: dict[str, str]) -> str:
     """'n (items per benchmark): GSM8K 100, MATH 100' from the runs' metrics.json `n` (per model when the runs
     hold several models)."""
-    from .tables import BENCHMARK_LABELS
-
     runs = list(runs)
     if not runs:
         return "n (items per benchmark): no evaluated runs"
@@ -97,8 +96,6 @@ def table_bar_figure(spec: dict[str, Any], blocks: dict[str, list], title: str =
     has them side by side around its tick; with one, that bar sits on the tick. The caption gives the items
     per benchmark (`runs`' metrics.json n) and the seeds of every method."""
     from matplotlib.patches import Patch
-
-    from .tables import BENCHMARK_LABELS  # here, not at the top: abba.tables imports this module lazily
 
     plt = pyplot()
     columns = ["avg"] if spec["avg"] else spec["benchmarks"]
@@ -166,8 +163,6 @@ def mini_figure(blocks: dict[str, list], majority_avg: dict[str, float | None], 
     2 or more seeds; dashed line = the majority-answer rate), mean held-out NLL (nats/token, same encoding), and
     NLL against accuracy per method (does a better fit of the gold responses go with more correct answers?).
     Methods without a complete seed get no bar. The caption gives the items per benchmark and the seeds."""
-    from .tables import MINI_BENCHMARKS
-
     plt = pyplot()
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
     fig, axes = plt.subplots(max(len(blocks), 1), 3, figsize=(16, 4.2 * max(len(blocks), 1)), squeeze=False)

@@ -28,14 +28,12 @@ from pathlib import Path
 from .cli import UsageError, did_you_mean, fail, one_line_errors
 from .modeling import REPO_ROOT
 from .run_folder import default_run_dir, is_finished, results_folder
-from .tables import is_partial, method_key
+from .table_registry import PAPER_TABLES, table_benchmarks, table_experiments as paper_table_experiments
+from .table_runs import is_partial, method_key
 
 #: Table 10 of paper v4: training wall time (h:mm:ss) of LoRA and ABBA on one A6000 48 GB, per model.
 PAPER_TRAIN_TIME = {"llama3_2_1b": ("2:42:17", "2:46:18"), "llama3_2_3b": ("6:05:43", "6:11:26"),
                     "mistral_7b": ("1:15:55", "1:18:22"), "gemma2_9b": ("1:45:33", "1:49:45")}
-TABLE_PREFIX = {"table1": "t1_", "table2": "t2_"}
-TABLE_BENCHMARKS = {"table1": ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy",
-                               "ARC-Challenge", "openbookqa"), "table2": ("gsm8k", "math")}
 MERGE_EVAL_SCRIPT = {"table1": "scripts/cr_merge_eval.sh", "table2": "scripts/arithmetic_merge_eval.sh"}
 #: scripts/reproduce.sh's environment variables (read from the environment, never from its arguments).
 SCRIPT_ENV = ("SEEDS", "RESULTS_DIR", "EVAL_ARGS", "MERGE_ARGS")
@@ -69,7 +67,7 @@ class Job:
             return False
         table = "table1" if self.experiment.startswith("t1_") else "table2"
         # A partial evaluation (eval.run limit=N) is not done: the next run evaluates every item.
-        return all(isinstance(done.get(b), dict) and not is_partial(done[b]) for b in TABLE_BENCHMARKS[table])
+        return all(isinstance(done.get(b), dict) and not is_partial(done[b]) for b in table_benchmarks(table))
 
 
 def hours(hms: str) -> float:
@@ -90,9 +88,9 @@ def estimate_hours(model: str, method: str) -> tuple[float | None, str]:
 
 
 def table_experiments(table: str) -> list[str]:
-    if table not in TABLE_PREFIX:
-        raise SystemExit(f"error: unknown table {table!r}; tables: {', '.join(TABLE_PREFIX)}")
-    return sorted(p.stem for p in (REPO_ROOT / "configs" / "experiment").glob(f"{TABLE_PREFIX[table]}*.yaml"))
+    if table not in PAPER_TABLES:
+        raise SystemExit(f"error: unknown table {table!r}; tables: {', '.join(PAPER_TABLES)}")
+    return paper_table_experiments(table)
 
 
 def plan(table: str, seeds: list[int], overrides: list[str], results_root: str = "results") -> list[Job]:
@@ -121,7 +119,7 @@ def plan(table: str, seeds: list[int], overrides: list[str], results_root: str =
 
 def print_plan(table: str, jobs: list[Job]) -> None:
     print(f"# {table}: {len(jobs)} training jobs (experiment x seed), each then merged and evaluated on "
-          f"{', '.join(TABLE_BENCHMARKS[table])}")
+          f"{', '.join(table_benchmarks(table))}")
     for job in jobs:
         est = f"~{job.hours:.2f} GPU-h ({job.hours_source})" if job.hours is not None else "GPU-h unknown"
         print(f"job {job.experiment} seed={job.seed} model={job.model} method={job.method} "
@@ -169,7 +167,7 @@ def _main(argv: list[str] | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     parser = _Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=sorted(TABLE_PREFIX))
+    parser.add_argument("table", choices=sorted(PAPER_TABLES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--print", dest="what", default="plan",

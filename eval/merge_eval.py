@@ -28,9 +28,10 @@ import yaml
 
 from abba.cli import INTERRUPTED, UsageError, fail, hydra_arg, one_line_errors
 from abba.run_folder import results_folder
+from abba.table_registry import BENCHMARK_GROUPS
 
-#: The data task each group evaluates (RUN/config.yaml `data.task`).
-TASKS = {"arithmetic": "arithmetic", "commonsense": "commonsense"}
+#: The benchmark groups this script evaluates; each is also the data task (RUN/config.yaml `data.task`) it fits.
+GROUPS = tuple(BENCHMARK_GROUPS)
 
 
 class RunError(RuntimeError):
@@ -48,7 +49,7 @@ def run_identity(run_dir: Path, group: str) -> tuple[str, int]:
         raise RunError(f"{run_dir} has no final/ adapter: the run is not finished; finish it with resume=true")
     config = yaml.safe_load(config_path.read_text())
     task = (config.get("data") or {}).get("task")
-    if task and task != TASKS[group]:
+    if task and task != group:
         raise RunError(f"{run_dir} was trained on {task} data; evaluate it with the {task} group, not {group}")
     return str(config["experiment_name"]), int(config["seed"])
 
@@ -126,9 +127,9 @@ def _check_eval_args(group: str, eval_args: list[str]) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in TASKS:
-        raise UsageError(f"expected a group ({', '.join(TASKS)}) and run folders, got {' '.join(argv) or 'nothing'}; "
-                         f"usage: python -m eval.merge_eval {{{'|'.join(TASKS)}}} RUN_DIR...")
+    if len(argv) < 2 or argv[0] not in GROUPS:
+        raise UsageError(f"expected a group ({', '.join(GROUPS)}) and run folders, got {' '.join(argv) or 'nothing'}; "
+                         f"usage: python -m eval.merge_eval {{{'|'.join(GROUPS)}}} RUN_DIR...")
     group, runs = argv[0], [Path(r) for r in argv[1:]]
     results_dir = Path(os.environ.get("RESULTS_DIR", "results"))
     eval_args = shlex.split(os.environ.get("EVAL_ARGS", ""))

@@ -8,10 +8,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
-import yaml
+
+from abba.table_registry import paper_reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = yaml.safe_load((REPO_ROOT / "results" / "paper_reference.yaml").read_text())
+REFERENCE = paper_reference()  # results/paper_reference.yaml, through the registry (the one source)
 FACTS = REPO_ROOT.parent / "shared" / "paper" / "FACTS.md"
 TABLE1 = REFERENCE["tables"]["table1"]
 METHODS = ["full", "lora", "rslora", "pissa", "dora", "lora_pro", "hira", "abba_r16", "abba_r32"]

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from abba.table_registry import paper_reference
 from abba.tables import build_tables, method_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = yaml.safe_load((REPO_ROOT / "results" / "paper_reference.yaml").read_text())
+REFERENCE = paper_reference()  # results/paper_reference.yaml, through the registry (the one source)
 
 
 def write_run(root: Path, experiment: str, seed: int, peft: dict, table: str | None, model: str,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from . import item_seed, truncate_at_stop
+from .common import item_seed, truncate_at_stop
 
 
 class StopOnStrings(StoppingCriteria):

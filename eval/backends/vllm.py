@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from . import item_seed, truncate_at_stop
+from .common import item_seed, truncate_at_stop
 
 
 class VLLMBackend:

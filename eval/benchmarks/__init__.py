@@ -10,18 +10,16 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from abba.table_registry import BENCHMARK_GROUPS
+
 from .base import Benchmark, DataMissingError, Decoding, Item, load_records
 from .commonsense import COMMONSENSE
 from .competition_math import MATH
 from .gsm8k import GSM8K
 
 BENCHMARKS: dict[str, Benchmark] = {"gsm8k": GSM8K, "math": MATH, **COMMONSENSE}
-GROUPS: dict[str, tuple[str, ...]] = {
-    "arithmetic": ("gsm8k", "math"),
-    # Column order of the paper's Table 1.
-    "commonsense": ("openbookqa", "ARC-Challenge", "ARC-Easy", "winogrande", "hellaswag", "piqa", "social_i_qa",
-                    "boolq"),
-}
+#: The benchmark groups (eval.run benchmark=<group>) are defined with the tables, in abba.table_registry.
+GROUPS: dict[str, tuple[str, ...]] = BENCHMARK_GROUPS
 
 
 def resolve(name) -> list[str]:

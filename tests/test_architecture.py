@@ -1,0 +1,129 @@
+"""The code's shape (issue 12): no import cycle between the project's modules (module-level and function-level
+imports alike), and no module in abba/ or eval/ over MAX_LINES lines except the ones not split yet, listed below
+(the list can only shrink: a listed module that fits, or grows, fails)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("abba", "eval")
+MAX_LINES = 300
+#: Modules not split yet, with their line counts when this list was written: each may shrink, never grow; one
+#: that fits MAX_LINES must leave the list.
+TOO_LONG = {
+    "abba/train.py": 466,
+    "eval/run.py": 482,
+    "abba/merge.py": 369,
+    "abba/mini.py": 371,  # 369 before it imported its methods from abba.table_registry
+    "abba/data/download.py": 358,
+    "abba/reconstruct.py": 342,
+    "abba/layer.py": 332,
+    "abba/plots.py": 326,
+}
+#: Import cycles not removed yet (each a sorted tuple of module names); empty: there is none.
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
+
+
+def project_modules() -> dict[str, Path]:
+    """{dotted module name: file} of every module under abba/ and eval/ (a package is its __init__.py)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports anywhere in its file (top level, functions, `if` blocks alike)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            # `from pkg import sub` imports the module pkg.sub when there is one, else a name from pkg.
+            targets = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in modules else stem for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import abba.data.templates.x` -> the deepest module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """The strongly connected components of more than one module (Tarjan), each as a sorted tuple."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[tuple[str, ...]] = set()
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.add(tuple(sorted(component)))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    assert "abba.table_registry" in graph["abba.plots"]          # module level, relative
+    assert "abba.plots" in graph["abba.tables"] or "abba.plots" in graph["abba.table_mini_render"]  # in a function
+    assert "abba.table_registry" in graph["eval.benchmarks"]     # absolute, from a package's __init__
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {("a", "b", "c")}
+
+
+def test_no_import_cycle():
+    found = cycles(import_graph())
+    assert found - KNOWN_CYCLES == set(), f"import cycles: {sorted(found - KNOWN_CYCLES)}"
+    assert KNOWN_CYCLES - found == set(), f"gone, remove from KNOWN_CYCLES: {sorted(KNOWN_CYCLES - found)}"
+
+
+def test_no_module_over_the_line_limit():
+    lengths = {str(path.relative_to(REPO_ROOT)): len(path.read_text().splitlines())
+               for path in project_modules().values()}
+    too_long = {path: n for path, n in lengths.items() if n > MAX_LINES and path not in TOO_LONG}
+    assert not too_long, f"over {MAX_LINES} lines: {too_long}: split them"
+    grown = {path: (lengths.get(path), n) for path, n in TOO_LONG.items() if lengths.get(path, 0) > n}
+    assert not grown, f"listed modules that grew (now, listed): {grown}"
+    fits = [path for path in TOO_LONG if lengths.get(path, 0) <= MAX_LINES]
+    assert not fits, f"{fits} fit {MAX_LINES} lines now (or are gone): remove them from TOO_LONG"
