@@ -1,6 +1,6 @@
 """Check that every install command the README documents resolves, with pip's own resolver in dry-run mode.
 
-    python -m abba.install_check                      # every README command, Python 3.11, 3.12, 3.13
+    python -m abba.install_check                      # every README command, Python 3.10, 3.11, 3.12
     python -m abba.install_check pythons=3.12         # one interpreter
     python -m abba.install_check requirements=/tmp/planted.txt   # one requirements file instead of the README's
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from .cli import UsageError, one_line_errors, parse_key_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")  # vLLM 0.33.0: Requires-Python >=3.11,<3.15
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12")  # pyproject.toml: >=3.10 (3.13 resolves too: not checked in CI)
 REPORTED = ("torch", "transformers", "peft", "accelerate", "vllm", "deepspeed")
 
 
@@ -105,7 +105,7 @@ def dry_run(command: str, python: str, python_version: str, cwd: Path = REPO_ROO
                "--disable-pip-version-check", "--report", str(report), *args]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not report.is_file():
-            # not --quiet: pip logs the conflict's cause ("vllm 0.33.0 depends on transformers<5.21") at info level
+            # not --quiet: pip logs the conflict's cause ("vllm 0.31.0 depends on transformers<5.18") at info level
             return Resolution(command, python_version, error=_reason(proc.stdout + "\n" + proc.stderr))
         installs = json.loads(report.read_text())["install"]
     versions = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}

@@ -150,7 +150,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path):
         kwargs["bf16"] = False  # the Trainer's own bf16 would be DeepSpeed's bf16 mode again
     kwargs["warmup_steps"] = float(trainer_cfg["warmup_ratio"])  # transformers 5: a float < 1 is a ratio
     # transformers 5.21 renamed the field gradient_checkpointing -> activation_checkpointing; the config uses the
-    # new name and this passes it under the name the installed version has (the locked 5.20.2: the old one).
+    # new name and this passes it under the name the installed version has (the locked 5.17.0: the old one).
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     kwargs[checkpointing] = bool(trainer_cfg.get("activation_checkpointing", False))
@@ -333,9 +333,6 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
             write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     tokenizer = _load("tokenizer", cfg.model, lambda: load_tokenizer(cfg.model))
-    with args.main_process_first(local=False, desc="tokenizing"):
-        dataset, n_truncated = build_train_dataset(cfg.data, tokenizer)
-
     dtype = torch_dtype(cfg.model.dtype)
     with _zero3_init_dtype(dtype) if _zero3(cfg) and _autocast_instead_of_deepspeed_bf16(cfg) else nullcontext():
         # ZeRO-3: built partitioned
@@ -349,6 +346,9 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
         model = apply_method(base, cfg.peft, seed=int(cfg.seed))
     except ValueError as exc:  # e.g. target_modules that match no layer of this model
         raise TrainConfigError(f"peft: {next(iter(str(exc).splitlines()), 'cannot attach the adapter')}") from None
+    # Tokenized after the adapter is attached, so that a refusal there (target_modules) comes before any work.
+    with args.main_process_first(local=False, desc="tokenizing"):
+        dataset, n_truncated = build_train_dataset(cfg.data, tokenizer)
     if cfg.dump_init_adapter and is_abba(model) and is_main:
         model.save_pretrained(run_dir / "init_adapter")  # before DeepSpeed wraps (and partitions) the adapter
     if cfg.peft.method == "pissa" and is_main:

@@ -57,7 +57,7 @@ DATA_FILES = tuple(
     [f"commonsense/{b}/test.json" for b in ("ARC-Challenge", "ARC-Easy", "boolq", "openbookqa")]
     + [f"commonsense_train/{b}/train.json" for b in ("ARC-Challenge", "ARC-Easy", "boolq", "openbookqa")])
 # Imported by the preflight on the device, with the version each must have (None: any; it is the device's own).
-PREFLIGHT = {"transformers": "5.20.2", "peft": "0.21.2", "accelerate": "1.15.0", "datasets": "5.2.0",
+PREFLIGHT = {"transformers": "5.17.0", "peft": "0.21.2", "accelerate": "1.15.0", "datasets": "5.2.0",
              "hydra-core": "1.3.8", "omegaconf": "2.3.1", "gguf": "0.19.0", "math-verify": "0.9.0",
              "safetensors": None, "tokenizers": None, "huggingface-hub": None, "torch": None, "numpy": None,
              "pyarrow": None, "pandas": None, "matplotlib": None, "sympy": None}

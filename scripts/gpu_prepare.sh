@@ -31,7 +31,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 
 # The exact pins (requirements.txt / pyproject.toml where they pin; else the versions the CPU venv tests with).
 PINS=(
-  transformers==5.20.2 peft==0.21.2 accelerate==1.15.0 hydra-core==1.3.8 omegaconf==2.3.1
+  transformers==5.17.0 peft==0.21.2 accelerate==1.15.0 hydra-core==1.3.8 omegaconf==2.3.1
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0
   gguf==0.19.0 math-verify==0.9.0 latex2sympy2_extended==1.11.0 regex==2026.11.19
 )

@@ -2,8 +2,8 @@
 # (requirements-cpu.txt: the locked versions the tests run on, this project editable).
 # Re-installs only when pyproject.toml or requirements-cpu.txt changes (a stamp file records their hash).
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "error: Python 3.11+ is required ($PY is $("$PY" --version 2>&1))" >&2
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "error: Python 3.10+ is required ($PY is $("$PY" --version 2>&1))" >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

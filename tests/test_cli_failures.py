@@ -179,12 +179,13 @@ def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(model
     that says a re-run resumes and how many items it keeps (tests/test_eval_run.py checks the resuming)."""
     out = tmp_path / "out"
     samples = out / "samples_boolq.jsonl"
-    # 400 items, so that the run is still going when the signal comes: the excerpt's records over and over.
+    # 5000 items (~1 minute at the tiny model's ~90 items/s), so that the run is still going when the signal
+    # comes even on a loaded machine: the excerpt's records over and over.
     records = json.loads((excerpt_data / "commonsense" / "boolq" / "test.json").read_text())
-    data = tmp_path / "boolq_400.json"
-    data.write_text(json.dumps([records[i % len(records)] for i in range(400)]))
+    data = tmp_path / "boolq_5000.json"
+    data.write_text(json.dumps([records[i % len(records)] for i in range(5000)]))
     command = [sys.executable, "-m", "eval.run", "benchmark=boolq", f"model_path={models / 'model'}",
-               f"output_dir={out}", f"data_file={data}", "limit=400", "backend=hf", "batch_size=1",
+               f"output_dir={out}", f"data_file={data}", "limit=5000", "backend=hf", "batch_size=1",
                "max_new_tokens=8"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=_env(ABBA_DATA_DIR=str(excerpt_data)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -203,7 +204,7 @@ def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(model
     errors = [line for line in lines if line.startswith("error: ")]
     assert errors == [lines[-1]] and "run the same command again to resume" in errors[0]
     kept = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
-    assert 1 <= len(kept) < 400 and f"{len(kept)} in samples_boolq.jsonl" in errors[0]
+    assert 1 <= len(kept) < 5000 and f"{len(kept)} in samples_boolq.jsonl" in errors[0]
     assert not (out / "metrics.json").exists()
 
 

