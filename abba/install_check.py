@@ -143,8 +143,11 @@ def _main(argv: list[str]) -> int:
     pythons = tuple(p for p in str(opts["pythons"]).split(",") if p)
     if not pythons:
         raise UsageError("pythons= is empty: give versions such as pythons=3.11,3.12")
+    if opts["requirements"] == "":
+        raise UsageError("requirements= is empty: give a requirements file, or leave it out for the README's commands")
     if opts["requirements"]:
-        commands = [f"pip install -r {shlex.quote(str(opts['requirements']))}"]
+        path = Path(opts["requirements"]).resolve()  # pip runs from the repository root; the path is the caller's
+        commands = [f"pip install -r {shlex.quote(str(path))}"]
     else:
         commands = readme_install_commands((REPO_ROOT / "README.md").read_text())
     results = check(commands, pythons)

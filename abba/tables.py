@@ -137,13 +137,21 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(str(error).splitlines()[0]) from None
         unknown_options(args, ("results_dir", "output_dir", "reference", "plots", "tables"),
                         "use results_dir=, output_dir=, reference=, plots=, tables=")
+        for key in args:  # `key=` parses to None, `tables=1` to an int: each must be a non-empty string
+            if key not in ("plots", "tables") and not isinstance(args[key], str):
+                raise UsageError(f"{key}= needs a value (a path)")
         results_dir = args.get("results_dir", "results")
         tables = args.get("tables", TABLE_ORDER)
-        tables = tuple(tables.split(",")) if isinstance(tables, str) else tuple(tables)
+        if tables is None or isinstance(tables, (int, float, bool)):
+            raise UsageError(f"tables={tables} is not a list of tables; tables: {', '.join(TABLE_ORDER)}")
+        tables = tuple(tables.split(",")) if isinstance(tables, str) else tuple(str(t) for t in tables)
         for name in tables:  # checked here so that a misspelt table is a usage error (exit 2)
             if name not in TABLE_ORDER:
                 raise UsageError(f"unknown table {name}{did_you_mean(name, TABLE_ORDER)}; tables: "
                                  f"{', '.join(TABLE_ORDER)}")
+        output_dir = Path(str(args.get("output_dir", f"{results_dir}/tables")))
+        if output_dir.exists() and not output_dir.is_dir():
+            raise TablesError(f"output_dir={output_dir} is a file: pass a folder (it is created when missing)")
         if not Path(str(results_dir)).is_dir():
             raise TablesError(f"results_dir={results_dir} does not exist: pass the folder the evaluations wrote "
                               f"(results/, or RESULTS_DIR of scripts/*_merge_eval.sh)")

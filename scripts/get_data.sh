@@ -9,6 +9,14 @@
 #   bash scripts/get_data.sh source=http://host:8000   # a mirror laid out as the data folder (MATH: MATH.tar)
 # The manifest (URLs, target paths, sizes, digests) is abba/data/download.py.
 set -euo pipefail
+# A relative data_dir= is the caller's, not the repository's (the script runs from the repository root).
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == data_dir=* && "${arg#data_dir=}" != /* && -n "${arg#data_dir=}" ]]; then
+    arg="data_dir=$PWD/${arg#data_dir=}"
+  fi
+  args+=("$arg")
+done
 cd "$(dirname "$0")/.."
 source scripts/setup_venv.sh
-exec python -m abba.data.download "$@"
+exec python -m abba.data.download ${args[@]+"${args[@]}"}

@@ -148,8 +148,9 @@ def test_every_file_lands_in_the_layout_and_passes_its_checks(stand_in, tmp_path
     assert code == 0 and err == [], err
     for rel in INDEX:
         assert_is_the_excerpt(data, rel)
-    # MATH came as the archive and was converted; nothing but the data files is left behind
-    assert stand_in.asked_for("MATH.tar") == [None] and stand_in.asked_for("math_eval/MATH_test.jsonl") == []
+    # This mirror has no converted MATH file (asked for first, 404), so MATH came as the archive and was
+    # converted; nothing but the data files is left behind
+    assert stand_in.asked_for("MATH.tar") == [None] and stand_in.asked_for("math_eval/MATH_test.jsonl") == [None]
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()) == sorted(INDEX)
     assert f"{len(INDEX)} downloaded, 0 already there, 0 failed" in out
     assert len([line for line in out.splitlines() if line.startswith("  downloaded ")]) == len(INDEX)
@@ -213,9 +214,31 @@ def test_an_http_error_is_one_line_and_the_other_files_still_come(stand_in, tmp_
 
 def test_an_unreachable_source_names_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(download, "MANIFEST", excerpt_manifest())
-    code, _, err = get(capsys, f"data_dir={tmp_path}", "source=http://127.0.0.1:9", "only=boolq")
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: commonsense/boolq/test.json: cannot reach "
-                                                             "http://127.0.0.1:9/commonsense/boolq/test.json ("), err
+    code, _, err = get(capsys, f"data_dir={tmp_path / 'data'}", "source=http://127.0.0.1:9", "only=boolq,math")
+    boolq = [line for line in err if line.startswith("error: commonsense/boolq/test.json: ")]
+    assert code == 1 and len(err) == 2 and boolq[0].startswith(
+        "error: commonsense/boolq/test.json: cannot reach http://127.0.0.1:9/commonsense/boolq/test.json ("), err
+    # Nothing arrived, so nothing was created: an empty data folder would make the test suite expect its files.
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_mirror_of_a_data_folder_supplies_math_as_converted(tmp_path, capsys, monkeypatch):
+    """Another machine's data folder (what `source=` is documented to serve) has MATH_test.jsonl, not MATH.tar."""
+    monkeypatch.setattr(download, "MANIFEST", excerpt_manifest())
+    code, out, err = get(capsys, f"data_dir={tmp_path / 'data'}", f"source={EXCERPTS.as_uri()}", "only=math")
+    assert code == 0 and err == [], err
+    assert_is_the_excerpt(tmp_path / "data", "math_eval/MATH_test.jsonl")
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    code, _, err = get(capsys, f"data_dir={tmp_path / 'afile'}", "only=boolq")
+    assert code == 2 and len(err) == 1 and "data_dir=" in err[0] and "is a file" in err[0], err
+
+
+def test_help_prints_the_usage_and_exits_0(capsys):
+    code, out, err = get(capsys, "--help")
+    assert code == 0 and err == [] and "python -m abba.data.download" in out
 
 
 def test_a_corrupted_file_is_deleted_and_reported_and_a_damaged_local_file_is_replaced(stand_in, tmp_path, capsys):
@@ -264,6 +287,7 @@ def test_math_conversion_keeps_the_test_split_sorted_by_subject_and_number(tmp_p
     (["data-dir=/x"], "unknown option data-dir (did you mean: data_dir)"),
     (["source=ftp://host/x"], "source=ftp://host/x: expected an http://, https:// or file:// address"),
     (["tests"], "tests: expected key=value"),
+    (["only="], "only= is empty"),  # not "everything": an empty value is a mistake, not a default
 ])
 def test_a_bad_command_line_is_one_line_and_exit_2(args, says, tmp_path, capsys):
     code, out, err = get(capsys, f"data_dir={tmp_path / 'data'}", *args)
@@ -283,6 +307,10 @@ def test_the_wrapper_script_runs_the_command(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: only=mathh: no such file or group (did you mean: "
                                                            "math")
     assert not (tmp_path / "data").exists()
+    # A relative data_dir= is the caller's folder, not the repository's (the script cd's to the repository).
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "get_data.sh"), "data_dir=rel", "only=boolq",
+                           "source=http://127.0.0.1:9"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and f"-> {tmp_path / 'rel'}" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_the_manifest_puts_each_file_where_the_code_reads_it():

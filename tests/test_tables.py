@@ -169,3 +169,19 @@ def test_cli_bad_argument_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "abba.tables", f"results_dir={tmp_path}", "colour=red"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "colour" in proc.stderr
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["tables="], 2, "tables=None is not a list of tables"),
+    (["tables=1"], 2, "tables=1 is not a list of tables"),
+    (["output_dir="], 2, "output_dir= needs a value"),
+    (["results_dir="], 2, "results_dir= needs a value"),
+    (["output_dir=FILE"], 1, "is a file: pass a folder"),
+])
+def test_cli_empty_or_wrong_values_are_one_line(tmp_path, args, code, says):
+    (tmp_path / "FILE").write_text("")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "abba.tables", f"results_dir={tmp_path}", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and says in proc.stderr and "Traceback" not in proc.stderr

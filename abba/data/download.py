@@ -41,6 +41,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..cli import UsageError, did_you_mean, one_line_errors, unknown_options
+from .math_archive import math_test_from_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USAGE = "usage: python -m abba.data.download [data_dir=DIR] [only=NAME,...] [source=URL]"
@@ -196,7 +197,6 @@ def fetch(url: str, part: Path, label: str) -> None:
     """Download `url` into `part`, resuming from the bytes already there with an HTTP Range request."""
     from tqdm import tqdm
 
-    part.parent.mkdir(parents=True, exist_ok=True)
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "abba-get-data/1"} | ({"Range": f"bytes={start}-"} if start else {})
     try:
@@ -216,6 +216,7 @@ def fetch(url: str, part: Path, label: str) -> None:
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         done = start
+        part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folders
         try:
             with part.open("ab" if start else "wb") as out, \
                     tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label, leave=False,
@@ -231,32 +232,6 @@ def fetch(url: str, part: Path, label: str) -> None:
     if total is not None and done < total:
         raise FetchError(f"the download stopped after {done:,} of {total:,} bytes: run the same command again to "
                          f"resume from {part.name}")
-
-
-MATH_FIELDS = ("problem", "level", "type", "solution")
-
-
-def math_test_from_archive(archive: Path, out: Path) -> int:
-    """MATH's test split (MATH/test/<subject>/<n>.json in the archive) as JSONL: one record per file,
-    {"unique_id": "test/<subject>/<n>.json", problem, level, type, solution}, sorted by subject and number,
-    non-ASCII kept (the layout of ../shared/data/math_eval/MATH_test.jsonl). Returns the number of records."""
-    records = []
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not (member.isfile() and len(parts) >= 3 and parts[-3] == "test" and parts[-1].endswith(".json")
-                    and not parts[-1].startswith(".")):
-                continue
-            subject, number = parts[-2], parts[-1][: -len(".json")]
-            data = json.load(tar.extractfile(member))
-            record = {"unique_id": f"test/{subject}/{number}.json", **{k: data[k] for k in MATH_FIELDS}}
-            records.append(((subject, int(number)), record))
-    if not records:
-        raise ValueError("no test/<subject>/<n>.json files in it")
-    records.sort(key=lambda pair: pair[0])
-    with out.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for _, record in records)
-    return len(records)
 
 
 def _made_from_archive(entry: DataFile, url: str, target: Path) -> Path:
@@ -288,7 +263,17 @@ def get(entry: DataFile, data_dir: Path, source: str | None) -> str:
         print(f"  {entry.path}: present but {why}: downloading it again", flush=True)
         target.unlink()
     url = f"{source.rstrip('/')}/{entry.mirror_path}" if source else entry.url
-    if entry.convert:
+    if entry.convert and source:
+        # A mirror that is another machine's data folder holds the converted file, one laid out for downloads
+        # the archive: the converted file first.
+        try:
+            url = f"{source.rstrip('/')}/{entry.path}"
+            part = target.with_name(target.name + ".part")
+            fetch(url, part, entry.path)
+        except FetchError:
+            url = f"{source.rstrip('/')}/{entry.mirror_path}"
+            part = _made_from_archive(entry, url, target)
+    elif entry.convert:
         part = _made_from_archive(entry, url, target)
     else:
         part = target.with_name(target.name + ".part")
@@ -321,6 +306,11 @@ def download(entries: list[DataFile], data_dir: Path, source: str | None = None)
             failures.append(f"{entry.path}: {error}")
             print(f"  {'FAILED':<10} {entry.path}", flush=True)
             continue
+        except OSError as error:  # data_dir is a file, not writable, full
+            failures.append(f"{entry.path}: cannot write under {data_dir} ({_brief(error)}): pass a writable "
+                            "data_dir=")
+            print(f"  {'FAILED':<10} {entry.path}", flush=True)
+            continue
         done[status] += 1
         print(f"  {status:<10} {entry.path}  {describe(entry, data_dir / entry.path)}", flush=True)
     print(f"{done['downloaded']} downloaded, {done['present']} already there, {len(failures)} failed", flush=True)
@@ -330,9 +320,14 @@ def download(entries: list[DataFile], data_dir: Path, source: str | None = None)
 def parse(argv: list[str]) -> dict[str, str]:
     args = {}
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
         key, eq, value = arg.partition("=")
         if not eq:
             raise UsageError(f"{arg}: expected key=value; {USAGE}")
+        if not value:
+            raise UsageError(f"{key}= is empty: give a value or leave the option out; {USAGE}")
         args[key] = value
     unknown_options(args, ("data_dir", "only", "source"), USAGE)
     source = args.get("source")
@@ -348,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(argv)
         entries = select(args.get("only") or "all")
         data_dir = Path(args["data_dir"]) if args.get("data_dir") else default_data_dir()
+        if data_dir.exists() and not data_dir.is_dir():
+            raise UsageError(f"data_dir={data_dir} is a file: pass a folder (it is created when missing)")
         failures = download(entries, data_dir, args.get("source") or None)
     for failure in failures:
         print("error: " + " ".join(failure.split("\n")), file=sys.stderr)
