@@ -174,6 +174,12 @@ def test_eval_run_missing_data_leaves_no_folder(models, tmp_path):
     assert tree(tmp_path) == []
 
 
+def sigint_default():
+    """In the child before exec: SIGINT back to its default. A suite started in the background by a shell without
+    job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(models, tmp_path, excerpt_data):
     """A real SIGINT once the first samples are on disk: exit 130, one `error:` line (after the progress bars)
     that says a re-run resumes and how many items it keeps (tests/test_eval_run.py checks the resuming)."""
@@ -188,7 +194,7 @@ def test_ctrl_c_during_evaluation_keeps_the_samples_and_says_how_to_resume(model
                f"output_dir={out}", f"data_file={data}", "limit=5000", "backend=hf", "batch_size=1",
                "max_new_tokens=8"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=_env(ABBA_DATA_DIR=str(excerpt_data)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 240
         while not (samples.is_file() and samples.stat().st_size) and proc.poll() is None:

@@ -195,6 +195,12 @@ def _wait_for(predicate, proc, timeout=300.0):
 
 
 @pytest.mark.slow
+def sigint_default():
+    """In the child before exec: SIGINT back to its default (a suite started in the background by a shell
+    without job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
     env = {**train_env(excerpt_data), "OMP_NUM_THREADS": "1"}
     common = [sys.executable, "-m", "abba.train", "experiment=smoke_arithmetic", "trainer.max_steps=100000",
@@ -202,7 +208,8 @@ def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
     # Before the first checkpoint: nothing worth keeping, the folder goes.
     early = tmp_path / "early"
     proc = subprocess.Popen([*common, f"output_dir={early}", "trainer.save_steps=100000"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     _wait_for(lambda: (early / "metrics.jsonl").is_file() and (early / "metrics.jsonl").read_text().strip(), proc)
     proc.send_signal(signal.SIGINT)
     stderr = proc.communicate(timeout=120)[1]
@@ -213,7 +220,8 @@ def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
     # After a checkpoint: it is kept, and the line says how to resume.
     late = tmp_path / "late"
     proc = subprocess.Popen([*common, f"output_dir={late}", "trainer.save_steps=2"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     _wait_for(lambda: (late / "checkpoint-4").is_dir(), proc)
     proc.send_signal(signal.SIGINT)
     stderr = proc.communicate(timeout=120)[1]
