@@ -96,7 +96,9 @@ def test_zero_is_refused_with_two_processes(excerpt_data, tmp_path, trainer):
     result = run_train(SMOKE + [f"trainer={trainer}", f"output_dir={run_dir}"], excerpt_data, tmp_path, nproc=2)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: peft=lorapro")]
-    assert len(errors) == 2, result.stderr[-2000:]  # one line from each process, nothing trained
+    # One line from each process that got to say it: torchrun stops the other process as soon as one exits, so
+    # the second line may or may not come (seen both ways). Nothing trained either way.
+    assert 1 <= len(errors) <= 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr.split("error: peft=lorapro")[0]
     assert not run_dir.exists()
 
