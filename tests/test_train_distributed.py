@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from safetensors.torch import load_file
-from train_helpers import run_train
+from train_helpers import bf16_single_and_two_processes, run_train
 
 from abba import ABBAConfig, get_abba_model, load_abba_model
 
@@ -79,8 +79,6 @@ def test_zero3_two_processes_initialises_like_one_process(excerpt_data, tmp_path
 
 
 # ------------------------------------------------------------------ issue 14: ZeRO-2 with bf16 on a bf16 base
-BF16 = ["experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=true", "trainer.max_steps=4",
-        "trainer.save_steps=100", "trainer.per_device_train_batch_size=4", "trainer.gradient_accumulation_steps=2"]
 #: Both runs see the same micro-batches (accelerate gives batch 2k to rank 0 and 2k+1 to rank 1; the single run
 #: accumulates both), compute under the same bf16 autocast and keep float32 factors, gradients and Adam state;
 #: only the float32 order of the gradient sum may differ (relative 1e-7 per step; measured: bit-identical at two
@@ -91,12 +89,9 @@ ZERO2_BF16_ATOL = 1e-5
 
 def test_zero2_bf16_keeps_a_float32_adapter_equal_to_one_process(excerpt_data, tmp_path):
     """Issue 14: DeepSpeed's bf16 mode cast the float32 factors to bf16 (saved bf16, 0.4-0.9% off the single run)."""
-    single = run_train(BF16 + [f"output_dir={tmp_path / 'single'}"], excerpt_data, tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
-    zero2 = run_train(BF16 + ["trainer=zero2", f"output_dir={tmp_path / 'zero2'}"], excerpt_data, tmp_path, nproc=2)
-    assert zero2.returncode == 0, zero2.stderr[-3000:]
-    expected = load_file(str(tmp_path / "single" / "final" / "adapter_model.safetensors"))
-    got = load_file(str(tmp_path / "zero2" / "final" / "adapter_model.safetensors"))
+    single, zero2 = bf16_single_and_two_processes("zero2", excerpt_data, tmp_path)
+    expected = load_file(str(single / "final" / "adapter_model.safetensors"))
+    got = load_file(str(zero2 / "final" / "adapter_model.safetensors"))
     assert set(got) == set(expected) and {v.dtype for v in got.values()} == {torch.float32}
     assert max(v.abs().max() for k, v in expected.items() if k.endswith("abba_B2")) > 1e-3  # trained: B2 = 0 at init
     for key in expected:

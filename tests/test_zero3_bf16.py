@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import run_train, train_env
+from train_helpers import bf16_single_and_two_processes, train_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,10 +65,7 @@ def test_zero3_bf16_builds_a_bf16_base_with_float32_rope_under_autocast(tmp_path
         assert dtype == single_dtype == "torch.float32" and diff == 0, (name, dtype, single_dtype, diff)
 
 
-# Same run as tests/test_train_distributed.py's ZeRO-2 bf16 check: 4 steps, lr 1e-2 (warmup: 0, 1e-2, 7.5e-3,
-# 2.5e-3), batches 2k and 2k+1 of 4 sequences accumulated in one process or split over two.
-BF16 = ["experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=true", "trainer.max_steps=4",
-        "trainer.save_steps=100", "trainer.per_device_train_batch_size=4", "trainer.gradient_accumulation_steps=2"]
+# The runs are train_helpers.BF16_SMOKE, as in tests/test_train_distributed.py's ZeRO-2 bf16 check.
 #: What is left is not bf16 storage: float32 ZeRO-3 and one-process runs already differ by ~1e-6 (the order of
 #: ZeRO-3's float32 step), and bf16 compute amplifies that. A factor entry within 1e-7 of a bf16 rounding boundary
 #: lands on the other bf16 neighbour (a 2^-8 relative change in the compute copy), and Adam's early steps are
@@ -93,17 +90,14 @@ def _losses(run_dir: Path) -> list[float]:
 @pytest.mark.slow
 def test_zero3_bf16_keeps_a_float32_adapter_close_to_one_process(excerpt_data, tmp_path):
     """Issue 14: under DeepSpeed's bf16 mode (and bf16 inv_freq) ZeRO-3 was 9.6e-3 off, dW 3.5% off."""
-    single = run_train(BF16 + [f"output_dir={tmp_path / 'single'}"], excerpt_data, tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
-    zero3 = run_train(BF16 + ["trainer=zero3", f"output_dir={tmp_path / 'zero3'}"], excerpt_data, tmp_path, nproc=2)
-    assert zero3.returncode == 0, zero3.stderr[-3000:]
+    single, zero3 = bf16_single_and_two_processes("zero3", excerpt_data, tmp_path)
     # Step 1 trains nothing yet (B2 = 0, lr 0): it is the bf16 base's forward alone, identical in both runs
     # (measured bit-identical; bf16 inv_freq put it 2.5e-6 relative off).
-    expected_losses, losses = _losses(tmp_path / "single"), _losses(tmp_path / "zero3")
+    expected_losses, losses = _losses(single), _losses(zero3)
     assert len(losses) == len(expected_losses) == 4
     assert losses[0] == pytest.approx(expected_losses[0], rel=1e-6, abs=0)
-    expected = load_file(str(tmp_path / "single" / "final" / "adapter_model.safetensors"))
-    got = load_file(str(tmp_path / "zero3" / "final" / "adapter_model.safetensors"))
+    expected = load_file(str(single / "final" / "adapter_model.safetensors"))
+    got = load_file(str(zero3 / "final" / "adapter_model.safetensors"))
     assert set(got) == set(expected) and {v.dtype for v in got.values()} == {torch.float32}
     assert max(v.abs().max() for k, v in expected.items() if k.endswith("abba_B2")) > 1e-3  # trained: B2 = 0 at init
     for key in expected:

@@ -61,3 +61,21 @@ def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its size and modification time (to prove nothing changed)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+#: Issue 14's bf16 parity runs (tests/test_train_distributed.py, tests/test_zero3_bf16.py): a bf16 base, 4 steps,
+#: lr 1e-2 (warmup: 0, 1e-2, 7.5e-3, 2.5e-3), batches 2k and 2k+1 of 4 sequences accumulated in one process or
+#: split over two.
+BF16_SMOKE = ["experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=true", "trainer.max_steps=4",
+              "trainer.save_steps=100", "trainer.per_device_train_batch_size=4",
+              "trainer.gradient_accumulation_steps=2"]
+
+
+def bf16_single_and_two_processes(trainer: str, data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Train BF16_SMOKE in one process and in two under `trainer` (zero2/zero3); their run folders."""
+    single = run_train(BF16_SMOKE + [f"output_dir={tmp_path / 'single'}"], data_dir, tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = run_train(BF16_SMOKE + [f"trainer={trainer}", f"output_dir={tmp_path / trainer}"], data_dir, tmp_path,
+                    nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return tmp_path / "single", tmp_path / trainer
