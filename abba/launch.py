@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m abba.launch --world-size N OVERRIDES`: abba.train's command-line check plus the world-size check,
     once, before scripts/_launch.sh starts torchrun (whose N processes would each print the same error)."""
     from .hydra_check import exit_on_bad_command_line
-    from .modeling import REPO_ROOT
+    from .layout import REPO_ROOT
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # argparse's usage + message over two lines -> one line, exit 2

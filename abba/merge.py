@@ -33,7 +33,8 @@ import yaml
 
 from .config import CONFIG_NAME
 from .gguf_source import ModelSourceError
-from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, resolve_path, torch_dtype
+from .layout import REPO_ROOT, resolve_path
+from .base_model import build_model, check_model_source, load_tokenizer, torch_dtype
 from .model import _shared_parameters
 
 PROBE_TEXTS = (
@@ -322,7 +323,7 @@ def _main(argv: list[str]) -> dict[str, Any]:
     if missing:
         raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {USAGE}")
     if args.get("dtype") is not None:
-        from .modeling import DTYPES
+        from .base_model import DTYPES
 
         if str(args["dtype"]) not in DTYPES:
             raise UsageError(f"dtype={args['dtype']} is not a dtype{did_you_mean(args['dtype'], DTYPES)}: use one of "

@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Iterable
 
 from .cli import hydra_arg
-from .modeling import REPO_ROOT
-from .run_folder import default_run_dir, is_finished, run_info, write_atomic, write_json
+from .layout import REPO_ROOT
+from .layout import default_run_dir, is_finished
+from .provenance import run_info
+from .files import write_text, write_json
 from .table_registry import MINI_METHODS
 
 METHODS = MINI_METHODS  # abba.table_registry: the mini table's methods
@@ -214,7 +216,7 @@ def write_selection(size: Size) -> None:
             lines.append(f"| {method} | {' '.join(k)} | {v:.4f} | {'**yes**' if k == chosen else ''} |")
     Path(size.results_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(size.results_dir) / "selection.json", record)
-    write_atomic(Path(size.results_dir) / "selection.md", "\n".join(lines) + "\n")
+    write_text(Path(size.results_dir) / "selection.md", "\n".join(lines) + "\n")
 
 
 def plan(size: Size) -> list[Job]:
@@ -262,7 +264,7 @@ def evaluate_base(size: Size) -> Path:
     """The untuned model into <results>/m1_smollm2_base/seed0, with a config.yaml/run_info.json describing it."""
     import yaml
 
-    from .modeling import build_model, pretrained_folder
+    from .base_model import build_model, pretrained_folder
 
     entry = yaml.safe_load((REPO_ROOT / "configs" / "model" / "smollm2_135m.yaml").read_text())
     out = Path(size.results_dir) / experiment("base") / "seed0"
@@ -273,7 +275,7 @@ def evaluate_base(size: Size) -> Path:
     total = sum(p.numel() for p in build_model(entry).parameters())
     config = {"experiment_name": experiment("base"), "seed": 0, "table": "mini", "model": entry,
               "peft": {"method": "base"}, "note": "the untuned model (no training)"}
-    write_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     write_json(out / "run_info.json", run_info(experiment("base"), 0, "base", 1, 0, total, table="mini",
                                                finished=True))
     return out

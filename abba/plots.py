@@ -26,7 +26,7 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> None:
     """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG)."""
-    from .run_folder import atomic_path
+    from .files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -32,7 +32,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from .modeling import REPO_ROOT
+from .layout import REPO_ROOT
 
 MATRICES = ("orthogonal", "low_rank", "sparse", "random")
 METHODS = ("abba", "lora", "lora_svd_optimal")
@@ -261,14 +261,14 @@ def _row(matrix: str, method: str, rank: int, params: int, rel_error: float) -> 
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    from .run_folder import write_atomic
+    from .files import write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "rel_error": f"{row['rel_error']:.6f}"})
-    write_atomic(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
     return path
 
 

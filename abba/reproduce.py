@@ -7,7 +7,7 @@ are trained / evaluated already, and the estimated GPU hours.
 
 A table's experiments are configs/experiment/t1_*.yaml (table1) or t2_*.yaml (table2); each is composed with
 the given overrides (Hydra's compose API, as abba.train would) to learn its run folder and results folder:
-RUN = abba.run_folder.default_run_dir(...), results = <results_dir>/<experiment_name>/seed<k> (scripts/
+RUN = abba.layout.default_run_dir(...), results = <results_dir>/<experiment_name>/seed<k> (scripts/
 *_merge_eval.sh). Training is done when RUN/final/ exists; evaluation when RUN's results metrics.json holds
 every benchmark of the table.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import UsageError, did_you_mean, fail, one_line_errors
-from .modeling import REPO_ROOT
-from .run_folder import default_run_dir, is_finished, results_folder
+from .layout import REPO_ROOT
+from .layout import default_run_dir, is_finished, results_folder
 from .table_registry import PAPER_TABLES, table_benchmarks, table_experiments as paper_table_experiments
 from .table_runs import is_partial, method_key
 

@@ -15,7 +15,7 @@ import random
 import sys
 from pathlib import Path
 
-from .run_folder import write_atomic
+from .files import write_text
 
 NAMES = ("Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Lena", "Omar")
 ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells")
@@ -93,7 +93,7 @@ def generate(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def main(argv: list[str] | None = None) -> None:

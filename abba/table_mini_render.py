@@ -7,7 +7,7 @@ import io
 import logging
 from pathlib import Path
 
-from .run_folder import write_atomic
+from .files import write_text
 from .table_cells import Row, Stat
 from .table_mini import MINI_CSV_FIELDS, Majority, _mini_columns, build_mini_rows, majority_answers
 from .table_registry import BENCHMARK_LABELS, MINI_BENCHMARKS, MINI_TITLE
@@ -154,9 +154,9 @@ def write_mini(output_dir: Path, runs: list[RunResult], plots: bool) -> Path:
     blocks = {model: build_mini_rows(model, runs) for model in sorted({r.model for r in runs})}
     majority = {model: majority_answers([r for r in runs if r.model == model]) for model in blocks}
     labels = {model: model_label(model, runs) for model in blocks}
-    write_atomic(output_dir / "mini.md", render_mini_markdown(blocks, majority, runs, labels))
-    write_atomic(output_dir / "mini.tex", render_mini_latex(blocks, majority, labels))
-    write_atomic(output_dir / "mini.csv", render_mini_csv(blocks, majority))
+    write_text(output_dir / "mini.md", render_mini_markdown(blocks, majority, runs, labels))
+    write_text(output_dir / "mini.tex", render_mini_latex(blocks, majority, labels))
+    write_text(output_dir / "mini.csv", render_mini_csv(blocks, majority))
     if plots:
         from .plots import mini_chart
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .modeling import REPO_ROOT
+from .layout import REPO_ROOT
 
 #: The paper's numbers: the only file that holds them (see the module docstring).
 REFERENCE_PATH = REPO_ROOT / "results" / "paper_reference.yaml"

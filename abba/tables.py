@@ -50,8 +50,8 @@ from typing import Any
 
 import yaml
 
-from .modeling import REPO_ROOT
-from .run_folder import write_atomic
+from .layout import REPO_ROOT
+from .files import write_text
 from .table_cells import Row, Stat, build_rows, mean_std, method_label, seed_cells, table_spec
 from .table_mini import mini_order
 from .table_mini_render import write_mini
@@ -111,9 +111,9 @@ def build_tables(results_dir: str | Path, output_dir: str | Path, reference: str
                        if m not in blocks})
         for m in blocks:
             spec["models"].setdefault(m, {"label": m, "methods": {}})
-        write_atomic(output_dir / f"{name}.md", render_markdown(name, spec, blocks, table_runs))
-        write_atomic(output_dir / f"{name}.tex", render_latex(name, spec, blocks))
-        write_atomic(output_dir / f"{name}.csv", render_csv(name, spec, blocks))
+        write_text(output_dir / f"{name}.md", render_markdown(name, spec, blocks, table_runs))
+        write_text(output_dir / f"{name}.tex", render_latex(name, spec, blocks))
+        write_text(output_dir / f"{name}.csv", render_csv(name, spec, blocks))
         if plots:
             from .plots import table_bar_chart
 

@@ -8,7 +8,7 @@
     python -m abba.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=8 hydra.launcher.gpus_per_node=8 \
         experiment=t2_mistral_7b_abba_r32 trainer=zero2                   # one SLURM job on 8 GPUs (abba.launch)
 
-Writes the run folder RUN (see abba.run_folder): config.yaml, run_info.json, metrics.jsonl, checkpoint-*/ and
+Writes the run folder RUN (see abba.layout): config.yaml, run_info.json, metrics.jsonl, checkpoint-*/ and
 final/ (adapter or full model + tokenizer + abba_model.yaml). `train(cfg)` returns the final training loss
 (mean of the last 10 logged steps), so a Hydra sweeper can minimise it.
 """
@@ -28,14 +28,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .baselines import METHODS, apply_method, is_abba, parameter_counts
+from .methods import METHODS, apply_method, is_abba, parameter_counts
 from .data import DataError, build_train_dataset, check_data_source
 from .gguf_source import ModelSourceError
 from .launch import accumulation_error, export_submitit_env
-from .modeling import REPO_ROOT, build_model, check_model_source, load_tokenizer, torch_dtype
+from .layout import REPO_ROOT
+from .base_model import build_model, check_model_source, load_tokenizer, torch_dtype
 from .official_code import apply_official_code
-from .run_folder import (RunFolderError, check_run_folder, clear_run_folder, default_run_dir, has_checkpoint,
-                         is_finished, removed_on_failure, run_info, write_atomic, write_json)
+from .layout import RunFolderError, check_run_folder, clear_run_folder, default_run_dir, has_checkpoint, is_finished, removed_on_failure
+from .provenance import run_info
+from .files import write_text, write_json
 
 log = logging.getLogger("abba.train")
 NOT_TRAINING_ARGS = ("name", "deepspeed", "keep_global_batch", "bf16", "warmup_ratio", "activation_checkpointing")
@@ -63,7 +65,7 @@ def _validate(cfg: DictConfig) -> None:
         raise TrainConfigError(f"table must be table1, table2, mini or null, got {cfg.table!r}")
     # Build the method's config object now: its validation (ABBAConfig.__post_init__, peft's configs) refuses a
     # bad value (peft.r1=abc) before anything is written or loaded, not after the model is built.
-    from .baselines import abba_config, peft_config
+    from .methods import abba_config, peft_config
 
     try:
         if cfg.peft.method == "abba":
@@ -330,7 +332,7 @@ def _build_and_train(cfg: DictConfig, args, run_dir: Path, is_main: bool, had_co
             if cfg.overwrite:
                 clear_run_folder(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     tokenizer = _load("tokenizer", cfg.model, lambda: load_tokenizer(cfg.model))
     dtype = torch_dtype(cfg.model.dtype)

@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback
 
 from .config import WEIGHTS_NAME
 from .model import ABBAModel
-from .run_folder import write_atomic
+from .files import write_text
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -125,7 +125,7 @@ class MetricsCallback(TrainerCallback):
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= state.global_step]
         self.losses = [json.loads(line)["loss"] for line in kept]
-        write_atomic(self.path, "".join(line + "\n" for line in kept))
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or not state.is_world_process_zero:

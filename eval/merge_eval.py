@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from abba.cli import INTERRUPTED, UsageError, fail, hydra_arg, one_line_errors
-from abba.run_folder import results_folder
+from abba.layout import results_folder
 from abba.table_registry import BENCHMARK_GROUPS
 
 #: The benchmark groups this script evaluates; each is also the data task (RUN/config.yaml `data.task`) it fits.
@@ -111,7 +111,7 @@ def _check_eval_args(group: str, eval_args: list[str]) -> None:
     """EVAL_ARGS as eval.run will see them: composed (unknown keys, bad types) and value-checked, before anything
     is merged. Raises UsageError with eval.run's one-line message."""
     from abba.hydra_check import CommandLineError, check_command_line
-    from abba.modeling import REPO_ROOT
+    from abba.layout import REPO_ROOT
 
     from .run import check_values, load_config
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from abba.cli import Refusal, UsageError, one_line_errors, unknown_options
-from abba.run_folder import write_atomic
+from abba.files import write_text
 
 from .benchmarks import BENCHMARKS
 from .run import SCORING_OPTIONS, benchmark_names, load_config, score_record
@@ -45,7 +45,7 @@ def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **o
         rescored = [score_record(scorer, record, options) for record in records]
     finally:
         scorer.close()
-    write_atomic(Path(output_path), "".join(json.dumps(r) + "\n" for r in rescored))
+    write_text(Path(output_path), "".join(json.dumps(r) + "\n" for r in rescored))
     return sum(bool(r["correct"]) for r in rescored) / len(rescored) if rescored else 0.0
 
 

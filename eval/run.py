@@ -29,7 +29,7 @@ Failures (abba/cli.py): one line on stderr, exit 2 for a bad command line (`benc
 for anything else that stops the run before its work (a data file; a model_path that is missing, an adapter folder
 rather than a merged model, or a Hub id that is neither cached nor reachable), 130 for Ctrl-C (the samples written
 so far are kept: the same command resumes). model_path is a local folder when it exists or looks like a path
-(abba.modeling.is_local_path: absolute, starting with '.' or '~', with two or more '/', or `dir/x` beside an
+(abba.base_model.is_local_path: absolute, starting with '.' or '~', with two or more '/', or `dir/x` beside an
 existing `dir/`); such a path is never looked up on the Hub. A failed run leaves no output folder it created empty.
 
 One process: eval.run does not split items over processes. Under torchrun, or in a submitit job of several tasks
@@ -54,8 +54,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from abba.cli import INTERRUPTED, Refusal, UsageError, did_you_mean, fail, one_line_errors
-from abba.modeling import REPO_ROOT, resolve_path
-from abba.run_folder import git_commit, removed_on_failure, write_atomic, write_json
+from abba.layout import REPO_ROOT, resolve_path
+from abba.provenance import git_commit
+from abba.layout import removed_on_failure
+from abba.files import write_text, write_json
 
 from . import nll as nll_scoring
 from .backends import SAMPLING_SCHEME, choose_backend, make_backend
@@ -98,11 +100,11 @@ def benchmark_names(value) -> list[str]:
 def check_model_path(model_path: str) -> None:
     """Refuse, before anything is loaded, a model_path that from_pretrained cannot load as a model.
 
-    A local-looking path (abba.modeling.is_local_path) is checked here and never looked up on the Hub: it must be
+    A local-looking path (abba.base_model.is_local_path) is checked here and never looked up on the Hub: it must be
     a folder with a config.json; an adapter folder (RUN/final) gets the abba.merge command that makes a model of
-    it. A Hub id must be cached or answer one request (abba.modeling.check_pretrained_path)."""
+    it. A Hub id must be cached or answer one request (abba.base_model.check_pretrained_path)."""
     from abba.gguf_source import ModelSourceError
-    from abba.modeling import check_pretrained_path, is_local_path
+    from abba.base_model import check_pretrained_path, is_local_path
 
     merge_hint = "pass the folder that python -m abba.merge wrote (its output_dir=)"
     if not is_local_path(model_path):
@@ -176,7 +178,7 @@ def _read_own_records(path: Path, model_path: str, what: str) -> dict[str, dict]
         print(f"eval.run: the model at {model_path} changed since {len(stale)} {what} in {path.name} were made: "
               f"making them again", flush=True)
         done = {k: r for k, r in done.items() if k not in stale}
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 
 
@@ -234,12 +236,12 @@ def _reuse_samples(path: Path, model_path: str, scorer, options: dict[str, Any],
         print(f"eval.run: generating {len(changed)} items of {path.name} again: {'; '.join(reasons)[:300]}",
               flush=True)
         done = {k: r for k, r in done.items() if k not in changed}
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     stale = [key for key, r in done.items() if r.get("scoring") != options]
     if stale:
         for key in stale:
             done[key] = score_record(scorer, done[key], options)
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
     return done
 
 
@@ -319,7 +321,7 @@ def check_values(cfg: DictConfig) -> None:
     a launch on several processes (see the module docstring)."""
     import torch
 
-    from abba.modeling import DTYPES
+    from abba.base_model import DTYPES
 
     def integer(key: str, low: int, allow_null: bool) -> None:
         value = cfg.get(key)

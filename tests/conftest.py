@@ -104,14 +104,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
 
     return load_tokenizer(model_cfg("tiny_llama"))
 
 
 def tiny_model(name: str = "tiny_llama", dtype: torch.dtype = torch.float32, seed: int = 0):
     """A tiny random causal LM built from its config file (no download)."""
-    from abba.modeling import build_model
+    from abba.base_model import build_model
 
     return build_model(model_cfg(name), dtype=dtype, seed=seed)
 

@@ -22,7 +22,7 @@ def quick_result(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from abba.bench import run_benchmark
-    from abba.modeling import REPO_ROOT
+    from abba.layout import REPO_ROOT
 
     out = tmp_path_factory.mktemp("bench")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
@@ -91,7 +91,7 @@ def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, excerpt_data, tokeniz
     from abba.bench import run_benchmark
     from abba.bench.real_model import load_records
     from abba.data.tokenize import tokenize_example
-    from abba.modeling import REPO_ROOT
+    from abba.layout import REPO_ROOT
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("bench", overrides=["parts=[smollm2]", "quick=true", f"out_dir={tmp_path}", "threads=1",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 from eval_helpers import abba_run
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -98,7 +98,7 @@ def fake_hub():
 def models(tmp_path_factory):
     """RUN/ (config.yaml, final/ adapter, checkpoint-40/ without abba_model.yaml) and a merged model."""
     from abba.merge import merge
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
     from conftest import model_cfg
 
     root = tmp_path_factory.mktemp("cli")

@@ -24,7 +24,7 @@ ALPACA = ("Below is an instruction that describes a task. Write a response that 
 def model_dir(tmp_path_factory):
     """A saved tiny random Llama whose weights are large enough that each token's probability depends on its
     context (at the default init every token costs about log(vocab), which would hide a misaligned label)."""
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
     from conftest import model_cfg, tiny_model
 
     path = tmp_path_factory.mktemp("nll_model") / "model"

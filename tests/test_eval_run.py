@@ -19,7 +19,7 @@ from eval_helpers import abba_run, one_thread  # noqa: F401  (fixture)
 
 @pytest.fixture(scope="module")
 def merged_model(tmp_path_factory):
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
     from conftest import model_cfg
 
     root = tmp_path_factory.mktemp("merged")
@@ -352,7 +352,7 @@ def test_a_model_replaced_at_the_same_path_is_evaluated_again(tmp_path, generate
     """Found by a fresh-clone review: a run retrained with overwrite=true and merged again to the same folder kept
     the old model's completions (eval.run knew a model only by its path). Records now carry a fingerprint of the
     model folder; a changed model makes them again."""
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
     from conftest import model_cfg
 
     tokenizer = load_tokenizer(model_cfg("tiny_llama"))

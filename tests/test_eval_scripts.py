@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 from eval_helpers import abba_run, write_run_config
 
 
@@ -42,7 +42,7 @@ def test_cr_merge_eval_script_writes_results_folder(excerpt_data, tokenizer, tmp
 
 def test_results_folder_keeps_the_run_folders_override_suffix(tmp_path):
     """Two runs of one experiment and seed that differ by overrides (a sweep) get two results folders."""
-    from abba.run_folder import results_folder
+    from abba.layout import results_folder
 
     results = tmp_path / "results"
     plain = tmp_path / "outputs" / "t2_mistral_7b_abba_r32" / "seed1"

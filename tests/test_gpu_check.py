@@ -252,7 +252,7 @@ def test_gpu_mini_runs_the_strands_in_parallel_with_mini_commands(tmp_path, monk
     import time
 
     from abba import mini
-    from abba.run_folder import default_run_dir
+    from abba.layout import default_run_dir
 
     spec = importlib.util.spec_from_file_location("gpu_mini", REPO_ROOT / "scripts" / "gpu_mini.py")
     gpu_mini = importlib.util.module_from_spec(spec)

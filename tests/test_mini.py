@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 METHODS = ("abba", "lora", "rslora", "pissa", "dora", "hira", "loha")
@@ -37,8 +37,8 @@ def test_lora_16_budget_worked_out_by_hand():
 def test_every_method_has_lora_r16s_parameters(method):
     from transformers import AutoModelForCausalLM
 
-    from abba.baselines import apply_method, parameter_counts
-    from abba.modeling import architecture_config
+    from abba.methods import apply_method, parameter_counts
+    from abba.base_model import architecture_config
 
     cfg = _compose(f"experiment=m1_smollm2_{method}")
     assert cfg.peft.method == method and cfg.table == "mini" and cfg.model.name == "smollm2_135m"

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from abba import ABBAConfig, get_abba_model
 from abba.config import LLAMA_TARGETS
-from abba.modeling import architecture_config
+from abba.base_model import architecture_config
 from conftest import model_cfg
 
 

@@ -88,7 +88,7 @@ def converted(abba_cache) -> Path:
 @pytest.fixture(scope="session")
 def base(converted):
     """The base model loaded the way training loads it (build_model -> the cached folder)."""
-    from abba.modeling import build_model
+    from abba.base_model import build_model
 
     return build_model(model_cfg(MODEL)).eval()
 
@@ -122,7 +122,7 @@ def test_converted_folder_has_the_exact_architecture_and_parameter_count(convert
 def test_config_architecture_block_builds_the_same_model(converted):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from abba.modeling import architecture_config
+    from abba.base_model import architecture_config
 
     from_block = architecture_config(model_cfg(MODEL))
     from_folder = AutoConfig.from_pretrained(str(converted))
@@ -164,7 +164,7 @@ def test_second_ensure_converted_reuses_the_folder(converted, monkeypatch):
 def test_cached_load_matches_transformers_direct_gguf_load(base, prompt_ids):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
 
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -20,7 +20,7 @@ from train_helpers import run_train, train_env
 
 from abba.cli import Refusal, UsageError
 from abba.launch import check_launch
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 #: Four ZeRO-2 steps of 8 sequences per process on 64 records; accumulation 2 over 2 processes keeps it 1 each.

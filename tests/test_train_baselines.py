@@ -52,7 +52,7 @@ def test_baseline_trains_and_reloads(method, excerpt_data, tmp_path):
 def test_pissa_init_splits_w0_into_residual_plus_adapter():
     from omegaconf import OmegaConf
 
-    from abba.baselines import apply_method
+    from abba.methods import apply_method
 
     w0 = tiny_model("tiny_llama", seed=0).model.layers[0].mlp.up_proj.weight.detach().clone()
     cfg = OmegaConf.create({"method": "pissa", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["up_proj"]})

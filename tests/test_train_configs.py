@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 # Files starting with "_" are settings shared by several experiment files (e.g. _m1_common.yaml), not experiments.
@@ -97,8 +97,8 @@ def test_paper_rows_carry_the_papers_hyperparameters(name, setup, abba):
 def test_paper_rows_have_the_papers_parameter_counts(name, millions):
     from transformers import AutoModelForCausalLM
 
-    from abba.baselines import apply_method, parameter_counts
-    from abba.modeling import architecture_config
+    from abba.methods import apply_method, parameter_counts
+    from abba.base_model import architecture_config
 
     cfg = _compose(f"experiment={name}")
     assert cfg.paper.params == f"{millions:.2f} M"
@@ -141,7 +141,7 @@ def test_official_code_toggle_applies_the_released_code_deviations():
 
 
 def test_run_folder_name_comes_from_experiment_seed_and_learning_overrides():
-    from abba.run_folder import default_run_dir
+    from abba.layout import default_run_dir
 
     overrides = ["experiment=x", "seed=2", "peft.r1=8", "peft.lr=1e-4", "trainer.max_steps=5", "paths.output_root=/tmp",
                  "trainer.save_steps=3", "resume=true"]

@@ -22,10 +22,10 @@ import pytest
 import yaml
 from train_helpers import run_train, train_env
 
-from abba.modeling import REPO_ROOT
-from abba.run_folder import default_run_dir, override_suffix
+from abba.layout import REPO_ROOT
+from abba.layout import default_run_dir, override_suffix
 
-# Keys that choose where or how a run executes, written out here independently of abba.run_folder's list.
+# Keys that choose where or how a run executes, written out here independently of abba.layout's list.
 EXECUTION_ONLY = {"experiment", "seed", "output_dir", "resume", "overwrite", "paths.output_root",
                   "logger", "trainer.save_steps", "trainer.logging_steps", "hydra/launcher", "data.num_proc"}
 
@@ -234,16 +234,16 @@ def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
 def test_atomic_writes_honour_the_umask(tmp_path):
     from abba.data.hub_commonsense import _replace_atomic
     from abba.plots import pyplot, save_figure
-    from abba.run_folder import write_atomic
+    from abba.files import write_text
 
     old = os.umask(0o022)
     try:
-        write_atomic(tmp_path / "a.json", json.dumps({"x": 1}))
+        write_text(tmp_path / "a.json", json.dumps({"x": 1}))
         _replace_atomic(tmp_path / "b.json", lambda p: p.write_text("[]"))
         fig = pyplot().figure()
         save_figure(fig, tmp_path / "c.png")
         os.umask(0o077)
-        write_atomic(tmp_path / "private.json", "{}")
+        write_text(tmp_path / "private.json", "{}")
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
@@ -314,7 +314,7 @@ def test_merge_eval_checks_eval_args_before_merging(excerpt_data, tmp_path):
     """Found by a fresh-clone review: a typo in EVAL_ARGS was found only after the (expensive) merge."""
     from eval_helpers import abba_run
 
-    from abba.modeling import load_tokenizer
+    from abba.base_model import load_tokenizer
     from conftest import model_cfg
 
     run = tmp_path / "outputs" / "test_abba" / "seed3"

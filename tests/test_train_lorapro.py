@@ -15,7 +15,7 @@ from conftest import tiny_model
 from safetensors.torch import load_file
 from train_helpers import run_train, train_env
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 
 SMOKE = ["experiment=smoke_lorapro"]
 

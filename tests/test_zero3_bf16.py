@@ -24,7 +24,7 @@ _BUILD = r"""
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 from train_helpers import compose_train
-from abba.modeling import build_model
+from abba.base_model import build_model
 from abba.train import _zero3_init_dtype, training_arguments
 
 cfg = compose_train("experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=true", "trainer=zero3")

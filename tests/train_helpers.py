@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from abba.modeling import REPO_ROOT
+from abba.layout import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from ..modeling import REPO_ROOT
+from ..layout import REPO_ROOT
 
 
 @hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="bench", version_base="1.3")

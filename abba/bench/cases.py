@@ -14,9 +14,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..baselines import abba_config, peft_config
+from ..methods import abba_config, peft_config
 from ..model import get_abba_model
-from ..modeling import REPO_ROOT, build_model
+from ..layout import REPO_ROOT
+from ..base_model import build_model
 from .measure import module_state_tensors
 
 

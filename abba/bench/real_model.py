@@ -4,7 +4,7 @@
 
 The model is the `smollm2` block's `configs/model/<model>.yaml` entry (SmolLM2-135M-Instruct from its GGUF file by
 default), loaded once; every case shares its frozen weights and gets its own adapter and AdamW, attached through
-`abba.baselines.apply_method` exactly as training attaches it. The batch is `records` commonsense training records
+`abba.methods.apply_method` exactly as training attaches it. The batch is `records` commonsense training records
 drawn at random (seeded) from `data_files`, formatted and tokenized as training does (`abba.data.tokenize`,
 truncated at `max_length`, prompt tokens masked out of the loss) and padded to the longest by the collator training
 uses (`DataCollatorForSeq2Seq`). One step = zero_grad, forward with labels, backward, AdamW step, in every
@@ -26,9 +26,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..baselines import apply_method
+from ..methods import apply_method
 from ..data.tokenize import IGNORE_INDEX, tokenize_example
-from ..modeling import REPO_ROOT, build_model, load_tokenizer, resolve_path
+from ..layout import REPO_ROOT, resolve_path
+from ..base_model import build_model, load_tokenizer
 from .cases import Case, method_config, trainable_params
 from .flops import layer_flops
 from .measure import module_state_tensors

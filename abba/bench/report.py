@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..run_folder import write_atomic
+from ..files import write_text
 
 MIB = 2**20
 
@@ -125,7 +125,7 @@ def smollm2_markdown(result: dict[str, Any], baseline: str = "") -> str:
            f"- model: {ctx['name_or_path']} ({ctx['num_hidden_layers']} layers, hidden {ctx['hidden_size']}, MLP "
            f"{ctx['intermediate_size']}, vocabulary {ctx['vocab_size']}, {ctx['total_params']:,} parameters, "
            f"{ctx['weights_dtype']}), {weights}",
-           f"- adapters ({specs}) on {', '.join(ctx['target_modules'])}, attached by abba.baselines.apply_method as "
+           f"- adapters ({specs}) on {', '.join(ctx['target_modules'])}, attached by abba.methods.apply_method as "
            f"training does" + (f"; ABBA forward: {', '.join(modes)}" if modes else ""),
            f"- batch: {ctx['batch']} records drawn at random (seed {settings['seed']}) from "
            f"{', '.join(ctx['data_files'])}, formatted and tokenized as training does (abba.data.tokenize, "
@@ -220,8 +220,8 @@ def smollm2_markdown(result: dict[str, Any], baseline: str = "") -> str:
 def write_report(result: dict[str, Any], out_dir: Path, stem: str, baseline: str, render=markdown) -> Path:
     """results/bench/<stem>.json and .md (by `render`), each written atomically; returns the JSON path."""
     json_path = out_dir / f"{stem}.json"
-    write_atomic(json_path, json.dumps(result, indent=1) + "\n")
-    write_atomic(out_dir / f"{stem}.md", render(result, baseline))
+    write_text(json_path, json.dumps(result, indent=1) + "\n")
+    write_text(out_dir / f"{stem}.md", render(result, baseline))
     for path in (json_path, out_dir / f"{stem}.md"):
         path.chmod(0o644)  # the atomic writer's temporary file is private; results are for everyone to read
     return json_path

@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..modeling import REPO_ROOT, torch_dtype
-from ..run_folder import git_commit, hardware, package_versions
+from ..layout import REPO_ROOT
+from ..base_model import torch_dtype
+from ..provenance import git_commit, hardware, package_versions
 from .cases import layer_cases, model_cases, random_model
 from .flops import gemm_peak_flops, layer_flops
 from .measure import MEMORY_METHOD, peak_step_bytes, time_round_robin

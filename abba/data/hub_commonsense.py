@@ -69,8 +69,8 @@ def dumps(records: list[dict[str, str]]) -> str:
 
 
 def _replace_atomic(path: Path, write) -> None:
-    """`write(tmp_path)` to a temporary file beside `path`, then rename it to `path` (abba.run_folder.atomic_path)."""
-    from ..run_folder import atomic_path
+    """`write(tmp_path)` to a temporary file beside `path`, then rename it to `path` (abba.files.atomic_path)."""
+    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         write(tmp)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..modeling import resolve_path
+from ..layout import resolve_path
 
 FORMATS = ("metamathqa", "commonsense", "gsm8k")
 

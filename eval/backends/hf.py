@@ -57,7 +57,7 @@ class PerItemSampler(LogitsProcessor):
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
-    from abba.modeling import torch_dtype
+    from abba.base_model import torch_dtype
 
     if dtype == "auto":  # the saved dtype on a GPU; float32 on CPU, where bf16 matmuls are slow
         return "auto" if device.type == "cuda" else torch.float32

@@ -1,24 +1,34 @@
-"""The run folder of a training run: its name, the refusal to clobber it, run_info.json, atomic writes.
+"""The folder layouts: the project's one owner of where a run and its results live, and when each is done.
 
-RUN = `<paths.output_root>/<experiment_name>/seed<seed>[/<sorted overrides>]` unless `output_dir=` is given.
-The name depends only on the command line (never a timestamp), so every rank of a multi-process job agrees.
+RUN = `<paths.output_root>/<experiment_name>/seed<seed>[/<sorted overrides>]` unless `output_dir=` is given
+(`default_run_dir`). The name depends only on the command line (never a timestamp), so every rank of a
+multi-process job agrees. A run folder holds config.yaml, run_info.json, metrics.jsonl, checkpoint-*/ while it
+trains, and final/ (the adapter or full model) once it is done (`is_finished`).
+
+RESULTS = `<results_dir>/<experiment_name>/seed<seed>[/<the run folder's override suffix>]` (`results_folder`):
+the merged model (merged/, removed unless kept), metrics.json and samples_<benchmark>.jsonl of eval.run, and the
+run's config.yaml and run_info.json copied beside them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import uuid
-import platform
 import shutil
-import subprocess
-from importlib import metadata
-from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from .modeling import REPO_ROOT
+#: The repository's root folder (configs/, results/, outputs/ are under it).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path) -> str:
+    """A relative path that does not exist from the working directory is looked up from the repository root."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        return str(REPO_ROOT / p)
+    return str(path)
+
 
 #: Overrides that choose where or how a run executes, not what it learns: left out of the run's identity (the
 #: experiment and seed are in the path already). Exact keys, and prefixes ending in '.' or '/'. Everything else,
@@ -31,7 +41,6 @@ NOT_IDENTITY = ("experiment", "seed", "output_dir", "resume", "overwrite", "logg
 #: Longest readable part of a folder name (filesystems allow 255 bytes per component).
 NAME_MAX = 100
 HASH_LEN = 8
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "hydra-core", "safetensors")
 
 
 class RunFolderError(RuntimeError):
@@ -132,27 +141,6 @@ def clear_run_folder(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without error,
-    removed otherwise, so a crash never leaves half a file. The temporary file is created by whoever writes it,
-    with a plain open(), so it gets the umask's mode (0644 under umask 022), not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (see atomic_path)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def has_checkpoint(run_dir: Path) -> bool:
     return any(Path(run_dir).glob("checkpoint-*"))
 
@@ -177,47 +165,3 @@ def removed_on_failure(folder: Path, keep: Callable[[], bool] = lambda: False) -
         if first_new is not None and first_new.exists() and not keep():
             shutil.rmtree(first_new, ignore_errors=True)
         raise
-
-
-def git_commit() -> str | None:
-    """HEAD's hash, with "+dirty" when tracked files differ from it (the code that ran is then not that commit)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = out.stdout.strip() if out.returncode == 0 else ""
-    if not commit:
-        return None
-    return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info
-
-
-def run_info(experiment_name: str, seed: int, method: str, world_size: int, trainable: int, total: int,
-             **extra: Any) -> dict[str, Any]:
-    return {"git_commit": git_commit(), "packages": package_versions(), "hardware": hardware(),
-            "world_size": world_size, "trainable_params": trainable, "total_params": total, "method": method,
-            "experiment_name": experiment_name, "seed": seed, **extra}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,6 +1,6 @@
 """Attach the adapter named by a `peft` config group entry: ABBA, a peft baseline, or full fine-tuning.
 
-    from abba.baselines import apply_method
+    from abba.methods import apply_method
     model = apply_method(base_model, cfg.peft, seed=cfg.seed)
 
 Baselines (paper v4, Tables 1-2) map onto peft as follows: LoRA = LoraConfig; rsLoRA = LoraConfig(use_rslora=True);

@@ -19,19 +19,11 @@ from typing import Any, Mapping
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_TOKENIZER = REPO_ROOT / "abba" / "assets" / "tiny_tokenizer"
+from .layout import resolve_path
+
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_path(path: str | Path) -> str:
-    """A relative path that does not exist from the working directory is looked up from the repository root."""
-    p = Path(path)
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        return str(REPO_ROOT / p)
-    return str(path)
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
