@@ -13,10 +13,11 @@ run's config.yaml and run_info.json copied beside them.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 #: The repository's root folder (configs/, results/, outputs/ are under it).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +166,33 @@ def removed_on_failure(folder: Path, keep: Callable[[], bool] = lambda: False) -
         if first_new is not None and first_new.exists() and not keep():
             shutil.rmtree(first_new, ignore_errors=True)
         raise
+
+
+def seed_folder(root: str | Path, experiment_name: str, seed: int) -> Path:
+    """`<root>/<experiment_name>/seed<seed>`: a run's folder under paths.output_root, or its results folder."""
+    return Path(root) / experiment_name / f"seed{seed}"
+
+
+def is_partial(entry: dict[str, Any]) -> bool:
+    """Whether a metrics.json entry scores a subset of its test set: `limit` was given and that many items were
+    scored (a limit above the set's size scores all of it)."""
+    limit = entry.get("limit")
+    return limit is not None and (entry.get("n") is None or int(entry["n"]) >= int(limit))
+
+
+def is_evaluated(results_dir: str | Path, benchmarks: Iterable[str], nll: bool = False,
+                 partial_ok: bool = False) -> bool:
+    """Whether RESULTS/metrics.json scores every benchmark in `benchmarks`: with an NLL when `nll`, on the whole
+    test set unless `partial_ok` (a seeded subset, eval.run limit=N, is then enough). An unreadable file is not
+    done: the evaluation runs again and resumes from its samples."""
+    path = Path(results_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    for name in benchmarks:
+        entry = metrics.get(name)
+        if not isinstance(entry, dict) or (nll and entry.get("nll") is None) or \
+                (not partial_ok and is_partial(entry)):
+            return False
+    return True

@@ -29,7 +29,8 @@ from .cli import UsageError, did_you_mean, fail, one_line_errors
 from .layout import REPO_ROOT
 from .layout import default_run_dir, is_finished, results_folder
 from .table_registry import PAPER_TABLES, table_benchmarks, table_experiments as paper_table_experiments
-from .table_runs import is_partial, method_key
+from .layout import is_partial
+from .table_runs import method_key
 
 #: Table 10 of paper v4: training wall time (h:mm:ss) of LoRA and ABBA on one A6000 48 GB, per model.
 PAPER_TRAIN_TIME = {"llama3_2_1b": ("2:42:17", "2:46:18"), "llama3_2_3b": ("6:05:43", "6:11:26"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .layout import is_partial
 from .table_registry import METHOD_ALIASES, PAPER_BASELINE_RANK
 
 log = logging.getLogger("abba.tables")
@@ -90,13 +91,6 @@ def _hardware_label(info: dict[str, Any]) -> str | None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
-def is_partial(entry: dict[str, Any]) -> bool:
-    """Whether a metrics.json entry scores a subset of its test set: `limit` was given and that many items were
-    scored (a limit above the set's size scores all of it)."""
-    limit = entry.get("limit")
-    return limit is not None and (entry.get("n") is None or int(entry["n"]) >= int(limit))
 
 
 def variant_of(metrics_path: Path) -> str:
