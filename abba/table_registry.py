@@ -7,8 +7,8 @@ abba.reproduce, abba.mini, eval.benchmarks, eval.merge_eval) imports these from 
 - A paper table's experiments (its rows to run) are configs/experiment/<prefix>*.yaml (`table_experiments`), each
   evaluated on its benchmark group (BENCHMARK_GROUPS, eval.run's `benchmark=<group>`).
 - The paper's numbers (and a paper table's title, citation, columns, models and row order) have ONE source:
-  results/paper_reference.yaml (`paper_reference()`). The experiment files' `paper:` blocks are copies for the
-  reader of one experiment (and of each run's config.yaml); tests/test_table_registry.py checks them against it.
+  results/paper_reference.yaml (`paper_reference()`), the one source of the paper's numbers: the experiment
+  files name their table but hold no numbers (tests/test_table_registry.py).
 - Column labels: BENCHMARK_LABELS; row labels: METHOD_LABELS (with METHOD_ALIASES and PAPER_BASELINE_RANK,
   abba.table_runs.method_key's rule).
 """

@@ -1,5 +1,5 @@
 """abba.table_registry is the one owner of what a table is (issue 12): the paper's numbers have one source
-(results/paper_reference.yaml; the experiment files' `paper:` blocks are checked copies of it), and every module
+(results/paper_reference.yaml; no experiment file or config repeats them), and every module
 that needs tables, benchmarks, labels or the mini table's methods takes them from the registry."""
 
 from __future__ import annotations
@@ -17,26 +17,47 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = registry.paper_reference()
 
 
-def experiment_rows(table: str) -> dict[tuple[str, str], dict]:
-    """{(model, method key): the experiment file's `paper:` block} of a paper table's experiment files."""
+def experiment_rows(table: str) -> set[tuple[str, str]]:
+    """{(model, method key)} of a paper table's experiment files, each checked to name its table."""
     models = list(REFERENCE["tables"][table]["models"])
-    rows = {}
+    rows = set()
     for name in registry.table_experiments(table):
         cfg = yaml.safe_load((registry.EXPERIMENTS_DIR / f"{name}.yaml").read_text())
         parsed = parse_experiment_name(name, models)
         assert parsed is not None and parsed[0] == table == cfg["table"], name
-        rows[parsed[1:]] = cfg["paper"]
+        rows.add(parsed[1:])
     return rows
 
 
 @pytest.mark.parametrize("table", sorted(registry.PAPER_TABLES))
-def test_experiment_files_paper_blocks_are_copies_of_the_one_source(table):
-    """Each paper row is one experiment file and back, and the file's `paper:` block is the reference's row
-    (its numbers and params, without the label): the numbers are edited in results/paper_reference.yaml."""
-    reference = {(model, method): {k: v for k, v in row.items() if k != "label"}
-                 for model, spec in REFERENCE["tables"][table]["models"].items()
-                 for method, row in spec["methods"].items()}
+def test_each_paper_row_is_one_experiment_file_and_back(table):
+    reference = {(model, method) for model, spec in REFERENCE["tables"][table]["models"].items()
+                 for method in spec["methods"]}
     assert experiment_rows(table) == reference
+
+
+def _numbers(node) -> list[float]:
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _numbers(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _numbers(v)]
+    return [float(node)] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
+
+
+def test_the_paper_numbers_have_one_source():
+    """No config repeats a paper number: no `paper:` key anywhere under configs/, and no experiment file holds any
+    of a reference row's accuracies (each row's numbers live only in results/paper_reference.yaml)."""
+    for path in sorted((REPO_ROOT / "configs").rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        assert "paper" not in cfg, f"{path}: paper numbers belong in results/paper_reference.yaml"
+    for table in sorted(registry.PAPER_TABLES):
+        models = list(REFERENCE["tables"][table]["models"])
+        for name in registry.table_experiments(table):
+            model, method = parse_experiment_name(name, models)[1:]
+            row = REFERENCE["tables"][table]["models"][model]["methods"][method]
+            accuracies = {v for k, v in row.items() if k not in ("label", "params")}
+            text = (registry.EXPERIMENTS_DIR / f"{name}.yaml").read_text()
+            assert not [a for a in accuracies if f"{a:.2f}" in text], f"{name} repeats a paper number"
 
 
 def test_only_the_registry_reads_the_paper_reference():
