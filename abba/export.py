@@ -24,16 +24,14 @@ temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import WEIGHTS_NAME, ABBAConfig
+from .files import atomic_path
 from .layer import khatri_rao_cols, khatri_rao_rows
 
 FORMATS = ("lora", "loha")
@@ -123,17 +121,9 @@ def export(adapter_dir_or_model, output_dir: str | Path, format: str = "lora", o
     state = lora_state(config, layers) if format == "lora" else loha_state(config, layers)
     peft_cfg = peft_config(config, format)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(output_dir, folder=True) as tmp:
         peft_cfg.save_pretrained(str(tmp))  # peft's own adapter_config.json writer
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.rename(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
 
 
@@ -160,26 +150,24 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from omegaconf import OmegaConf
-
-    from .cli import UsageError, did_you_mean, unknown_options
+    from .cli import UsageError, did_you_mean, parse_key_values
 
     usage = "usage: python -m abba.export adapter_dir=DIR format=lora|loha output_dir=DIR [overwrite=true]"
-    try:
-        args: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(argv))  # type: ignore[assignment]
-    except Exception as error:  # noqa: BLE001 - a malformed argument: say which, in one line
-        raise UsageError(f"{str(error).splitlines()[0]}; {usage}") from None
-    unknown_options(args, ("adapter_dir", "output_dir", "format", "overwrite"), usage)
-    missing = [k for k in ("adapter_dir", "output_dir") if args.get(k) in (None, "")]
+    args = parse_key_values(argv, {"adapter_dir": "", "output_dir": "", "format": "lora", "overwrite": "false"}, usage)
+    missing = [k for k in ("adapter_dir", "output_dir") if not args[k]]
     if missing:
         raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {usage}")
-    fmt = str(args.get("format", "lora"))
+    fmt = args["format"]
     if fmt not in FORMATS:  # a bad value on the command line: exit 2, not a refusal
-        raise UsageError(f"format={fmt} is not an export format{did_you_mean(fmt, FORMATS)}: use {' or '.join(FORMATS)}")
-    if not Path(str(args["adapter_dir"])).is_dir():
+        raise UsageError(f"format={fmt} is not an export format{did_you_mean(fmt, FORMATS)}: use "
+                         f"{' or '.join(FORMATS)}")
+    if args["overwrite"].lower() not in ("true", "false"):
+        raise UsageError(f"overwrite={args['overwrite']} is not a boolean: use overwrite=true or "
+                         "overwrite=false")
+    if not Path(args["adapter_dir"]).is_dir():
         raise ExportError(f"adapter_dir={args['adapter_dir']} is not a folder: pass an ABBA adapter folder (a training "
                           f"run's RUN/final)")
-    out = export(args["adapter_dir"], args["output_dir"], fmt, bool(args.get("overwrite", False)))
+    out = export(args["adapter_dir"], args["output_dir"], fmt, args["overwrite"].lower() == "true")
     print(f"exported ABBA adapter {args['adapter_dir']} as a peft {fmt} adapter -> {out}")
     return 0
 

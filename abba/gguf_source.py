@@ -30,10 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
+
+from .files import atomic_path
 
 MARKER = "gguf_source.json"
 
@@ -175,19 +176,13 @@ def _convert(path: Path, sha256: str, spec: Mapping[str, Any], folder: Path) -> 
     plain.tie_weights()
     del loaded, state
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(folder, folder=True) as tmp:  # the caller holds the folder's lock (ensure_converted)
         plain.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         record = {"file": str(path), "sha256": sha256, "package": spec.get("package"),
                   "package_version": spec.get("package_version"), "transformers": metadata.version("transformers"),
                   "gguf": metadata.version("gguf")}
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_converted(spec: Mapping[str, Any]) -> Path:

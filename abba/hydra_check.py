@@ -56,8 +56,9 @@ def _one_line(exc: Exception) -> str:
 
 
 #: Appending a key with `+` is refused (nothing would read it) except under these nodes, whose keys are passed
-#: on as keyword arguments (the `trainer` group becomes transformers.TrainingArguments, which checks names).
-APPENDABLE = ("trainer.",)
+#: on as keyword arguments (the `trainer` group becomes transformers.TrainingArguments, which checks names), and
+#: the test-only switches under `debug.` (`+debug.interrupt_after=N`), which no config file lists.
+APPENDABLE = ("trainer.", "debug.")
 
 
 def _is_group(config_dir: Path, key: str) -> bool:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UsageError, one_line_errors, parse_key_values
+from .cli import Refusal, UsageError, one_line_errors, parse_key_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12")  # pyproject.toml: >=3.10 (3.13 resolves too: not checked in CI)
@@ -134,7 +134,7 @@ def check(commands: list[str], pythons: tuple[str, ...] = SUPPORTED_PYTHONS, cwd
 
 
 def main(argv: list[str] | None = None) -> int:
-    with one_line_errors(refusals=(ValueError, OSError)):
+    with one_line_errors(refusals=(Refusal, ValueError, OSError)):
         return _main(sys.argv[1:] if argv is None else argv)
 
 
@@ -147,6 +147,9 @@ def _main(argv: list[str]) -> int:
         raise UsageError("requirements= is empty: give a requirements file, or leave it out for the README's commands")
     if opts["requirements"]:
         path = Path(opts["requirements"]).resolve()  # pip runs from the repository root; the path is the caller's
+        if not path.is_file():  # before pip: it would fail once per interpreter, in several lines each
+            raise Refusal(f"requirements={opts['requirements']} is not a file: give a requirements file, or leave "
+                          f"requirements= out to check the README's commands")
         commands = [f"pip install -r {shlex.quote(str(path))}"]
     else:
         commands = readme_install_commands((REPO_ROOT / "README.md").read_text())

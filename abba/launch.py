@@ -6,7 +6,7 @@ process starts, and torch.distributed set up from SLURM's environment for Hydra'
     python -m abba.train -m hydra/launcher=submitit_local hydra.launcher.tasks_per_node=2 \
         experiment=smoke_arithmetic trainer=zero2 trainer.gradient_accumulation_steps=2      # 2 CPU processes
     NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 bash scripts/train_arithmetic.sh    # torchrun, one call per node
-    python -m abba.launch --world-size 16 experiment=t2_mistral_7b_abba_r32    # scripts/_launch.sh's check
+    python -m abba.launch world_size=16 experiment=t2_mistral_7b_abba_r32      # scripts/_launch.sh's check
 
 Under a submitit launcher every task of a job runs the whole Hydra job. `export_submitit_env`, the first thing
 abba.train.main does, exports what torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, from
@@ -24,7 +24,6 @@ Refused in one line (abba.cli) before anything starts:
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import shutil
@@ -39,7 +38,7 @@ SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
 
 def accumulation_error(trainer_cfg, world_size: int) -> str | None:
     """Why `world_size` processes cannot keep the configured global batch, or None. With keep_global_batch each
-    process accumulates gradient_accumulation_steps / world_size micro-batches (abba.train.training_arguments)."""
+    process accumulates gradient_accumulation_steps / world_size micro-batches (abba.trainer_build)."""
     accumulation = int(trainer_cfg.get("gradient_accumulation_steps") or 1)
     if world_size <= 1 or not trainer_cfg.get("keep_global_batch", True) or accumulation % world_size == 0:
         return None
@@ -148,26 +147,35 @@ def export_submitit_env() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m abba.launch --world-size N OVERRIDES`: abba.train's command-line check plus the world-size check,
-    once, before scripts/_launch.sh starts torchrun (whose N processes would each print the same error)."""
+    """`python -m abba.launch world_size=N OVERRIDES`: abba.train's command-line check, the world-size check and
+    its missing-input check (data and model files; nothing is loaded), once, before scripts/_launch.sh starts
+    torchrun (whose N processes would each print the same error). Every argument but world_size= is a Hydra
+    override of abba.train. Exit 2 for a bad command line, 1 for a missing or unreachable input."""
+    from hydra import compose, initialize_config_dir
+
+    from .base_model import check_model_source
+    from .cli import one_line_errors
+    from .data.sources import DataError, check_data_source
+    from .gguf_source import ModelSourceError
     from .hydra_check import exit_on_bad_command_line
     from .layout import REPO_ROOT
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # argparse's usage + message over two lines -> one line, exit 2
-            fail(f"{message}; usage: python -m abba.launch --world-size N [overrides...]", USAGE)
-
-    parser = Parser(prog="python -m abba.launch", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--world-size", type=int, required=True)
-    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    usage = "usage: python -m abba.launch world_size=N [overrides...]"
+    argv = sys.argv[1:] if argv is None else argv
+    given = [a.partition("=")[2] for a in argv if a.startswith("world_size=")]
+    overrides = [a for a in argv if not a.startswith("world_size=")]
+    if not given or not given[-1].isdigit() or int(given[-1]) < 1:
+        fail(f"world_size={given[-1]} is not a number of processes (>= 1); {usage}" if given else
+             f"world_size= is missing; {usage}", USAGE)
     exit_on_bad_command_line(REPO_ROOT / "configs", "train", overrides)
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        trainer = compose("train", overrides=overrides).trainer
-    error = accumulation_error(trainer, args.world_size)
+        cfg = compose("train", overrides=overrides)
+    error = accumulation_error(cfg.trainer, int(given[-1]))
     if error:
         fail(error, USAGE)
+    with one_line_errors(refusals=(DataError, ModelSourceError)):  # as abba.train refuses them, before any work
+        check_data_source(cfg.data)
+        check_model_source(cfg.model)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,23 @@
 """ABBALinear: a frozen nn.Linear plus the ABBA update s * (B1 A1) ⊙ (B2 A2).
 
-Two ways to compute the update on an input x (tokens x d_in):
+Two ways to compute the update on an input x (tokens x d_in), both rebuilding their intermediates in the backward:
 
-* Khatri-Rao (paper Sec. 2.3): (B1 A1) ⊙ (B2 A2) = B* A*, where A* (r1 r2 x d_in) has rows A1[i] * A2[j]
-  and B* (d_out x r1 r2) has columns B1[:, i] * B2[:, j]. The update is then a rank-r1 r2 LoRA,
-  y += s * B* (A* x), and dW is never built. `KhatriRaoUpdate` below is a custom autograd function
-  that keeps only x and the small r1 r2 intermediate for the backward and rebuilds A*, B* there,
-  so activation memory matches a LoRA of rank r1 r2 (the factor products cost r1 r2 (d_in + d_out)).
-* Dense: build dW = (B1 A1) ⊙ (B2 A2) (d_out x d_in) and apply it. Cheaper only for large r1 r2.
-  `DenseUpdate` rebuilds dW in the backward instead of keeping three d_out x d_in matrices alive.
+* Khatri-Rao (paper Sec. 2.3): (B1 A1) ⊙ (B2 A2) = B* A*, where A* (r1 r2 x d_in) has rows A1[i] * A2[j] and
+  B* (d_out x r1 r2) has columns B1[:, i] * B2[:, j]. The update is then a rank-r1 r2 LoRA, y += s * B* (A* x),
+  and dW is never built (`KhatriRaoUpdate`: the activation memory of a LoRA of rank r1 r2).
+* Dense: build dW = (B1 A1) ⊙ (B2 A2) (d_out x d_in) and apply it (`DenseUpdate`). Cheaper only for large r1 r2.
 
-In eager mode the layer adds the update into the frozen layer's output in place (`_AddUpdateInto`: one GEMM
-with beta = 1, no tokens x d_out temporary); the cost figures are in results/bench/ (`python -m abba.bench`).
+In eager mode the layer adds the update into the frozen layer's output in place (`_AddUpdateInto`: one GEMM with
+beta = 1, no tokens x d_out temporary); the cost figures are in results/bench/ (`python -m abba.bench`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ABBAConfig
@@ -55,7 +51,8 @@ def _reduce_pairs(g: torch.Tensor, left: torch.Tensor, right: torch.Tensor, need
     return grad_left, grad_right
 
 
-def _kr_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None) -> torch.Tensor:
+def _kr_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None = None) -> torch.Tensor:
+    """KhatriRaoUpdate's forward; with `base` (_AddUpdateInto), the update is accumulated into it (beta = 1)."""
     x2 = x.reshape(-1, x.shape[-1])
     h = x2 @ khatri_rao_rows(A1, A2).t()  # (T, r1 r2)
     B_star_t = khatri_rao_rows(B1.t(), B2.t())  # B*^T as (r1 r2, d_out) rows: the GEMM reads it contiguously
@@ -67,8 +64,9 @@ def _kr_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None)
     return base
 
 
-def _kr_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
-    """Gradients of (x, A1, A2, B1, B2); `need` flags them in that order."""
+def _kr_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...] | None = None) -> tuple:
+    """Gradients of (x, A1, A2, B1, B2, scale); `need` flags the first five (default: ctx.needs_input_grad)."""
+    need = ctx.needs_input_grad if need is None else need
     x2, h, A1, A2, B1, B2 = ctx.saved_tensors
     r1, r2 = A1.shape[0], A2.shape[0]
     gy = grad_y.reshape(-1, grad_y.shape[-1])
@@ -77,10 +75,9 @@ def _kr_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
     if need[3] or need[4]:
         # dL/dB*^T = s h^T gy, laid out (r1, r2, d_out) so that both reductions run over contiguous rows.
         g_B = (h.t() @ gy).view(r1, r2, -1)
-        gB1_t, gB2_t = _reduce_pairs(g_B, sB1.t().contiguous(), (B2 * ctx.scale).t().contiguous(), need[3], need[4])
+        grads_t = _reduce_pairs(g_B, sB1.t().contiguous(), (B2 * ctx.scale).t().contiguous(), need[3], need[4])
         del g_B
-        grad_B1 = gB1_t.t() if gB1_t is not None else None
-        grad_B2 = gB2_t.t() if gB2_t is not None else None
+        grad_B1, grad_B2 = (g if g is None else g.t() for g in grads_t)
     if need[0] or need[1] or need[2]:
         # dL/dh = s gy B*; B* is built as rows of B*^T, several times faster than the column form.
         g_h = gy @ khatri_rao_rows(sB1.t(), B2.t()).t()  # (T, r1 r2)
@@ -89,10 +86,10 @@ def _kr_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
         if need[1] or need[2]:
             g_A = (g_h.t() @ x2).view(r1, r2, -1)  # dL/dA*, (r1, r2, d_in)
             grad_A1, grad_A2 = _reduce_pairs(g_A, A1, A2, need[1], need[2])
-    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2
+    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2, None
 
 
-def _dense_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None) -> torch.Tensor:
+def _dense_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | None = None) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     delta = (B1 @ A1).mul_(B2 @ A2)  # freed on return: the backward rebuilds it
     ctx.save_for_backward(x2, A1, A2, B1, B2)
@@ -103,7 +100,8 @@ def _dense_forward(ctx, x, A1, A2, B1, B2, scale: float, base: torch.Tensor | No
     return base
 
 
-def _dense_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
+def _dense_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...] | None = None) -> tuple:
+    need = ctx.needs_input_grad if need is None else need
     x2, A1, A2, B1, B2 = ctx.saved_tensors
     gy = grad_y.reshape(-1, grad_y.shape[-1])
     P1, P2 = B1 @ A1, B2 @ A2
@@ -121,49 +119,35 @@ def _dense_backward(ctx, grad_y: torch.Tensor, need: tuple[bool, ...]) -> tuple:
             M = G.mul_(P1)  # G is not needed any more: reuse its buffer
             grad_A2 = B2.t() @ M if need[2] else None
             grad_B2 = M @ A2.t() if need[4] else None
-    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2
+    return grad_x, grad_A1, grad_A2, grad_B1, grad_B2, None
 
 
 class KhatriRaoUpdate(torch.autograd.Function):
     """s * (x A*^T) B*^T with A* = kr_rows(A1, A2), B* = kr_cols(B1, B2); saves x and h = x A*^T only.
 
-    A* and B* (r1 r2 (d_in + d_out) numbers) are rebuilt in the backward rather than kept, so the activation
-    memory is that of a rank-r1 r2 LoRA: x (shared with the frozen layer unless a dtype cast or dropout makes
-    a copy, as in peft's LoRA) and h (tokens x r1 r2).
+    A* and B* (r1 r2 (d_in + d_out) numbers) are rebuilt in the backward, so the activation memory is that of a
+    rank-r1 r2 LoRA: x (shared with the frozen layer unless a dtype cast or dropout copies it) and h (tokens x r1 r2).
     """
 
-    @staticmethod
-    def forward(ctx, x, A1, A2, B1, B2, scale: float):
-        return _kr_forward(ctx, x, A1, A2, B1, B2, scale, None)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        return (*_kr_backward(ctx, grad_y, ctx.needs_input_grad), None)
+    forward, backward = staticmethod(_kr_forward), staticmethod(_kr_backward)
 
 
 class DenseUpdate(torch.autograd.Function):
     """s * x dW^T with dW = (B1 A1) ⊙ (B2 A2); same arguments as KhatriRaoUpdate, saves x and the factors only.
 
-    Plain autograd would keep B1 A1, B2 A2 and dW (three d_out x d_in matrices per layer) from the forward to
-    the backward; here they are rebuilt in the backward ((r1 + r2) d_in d_out extra multiply-adds, small next to
-    the tokens x d_in x d_out products), so a dense-mode layer holds no extra activation memory.
+    Plain autograd would keep B1 A1, B2 A2 and dW (three d_out x d_in matrices per layer) for the backward; they
+    are rebuilt there instead ((r1 + r2) d_in d_out multiply-adds, small next to the tokens x d_in x d_out products).
     """
 
-    @staticmethod
-    def forward(ctx, x, A1, A2, B1, B2, scale: float):
-        return _dense_forward(ctx, x, A1, A2, B1, B2, scale, None)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        return (*_dense_backward(ctx, grad_y, ctx.needs_input_grad), None)
+    forward, backward = staticmethod(_dense_forward), staticmethod(_dense_backward)
 
 
 class _AddUpdateInto(torch.autograd.Function):
     """base + update, accumulated in place into `base` (the frozen layer's output) by a single GEMM.
 
-    This spares a tokens x d_out temporary and a separate add pass (on CPU also the page faults of a fresh
-    buffer). nn.Linear's backward never reads its output, so overwriting it is safe; `base` comes first
-    because autograd routes the gradient of a modified view through the first input.
+    This spares a tokens x d_out temporary and an add pass (on CPU also a fresh buffer's page faults). nn.Linear's
+    backward never reads its output, so overwriting it is safe; `base` comes first because autograd routes the
+    gradient of a modified view through the first input.
     """
 
     @staticmethod
@@ -175,25 +159,15 @@ class _AddUpdateInto(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         grads = (_kr_backward if ctx.khatri_rao else _dense_backward)(ctx, grad_y, ctx.needs_input_grad[2:7])
-        return grad_y, None, *grads, None
+        return grad_y, None, *grads  # grads end with scale's None
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-@contextmanager
 def _gathered(weight: torch.Tensor):
-    """Gather a DeepSpeed ZeRO-3 partitioned parameter for reading; a no-op for ordinary tensors."""
-    if hasattr(weight, "ds_numel"):
-        import deepspeed  # optional dependency: only reached when the weight is already ZeRO-3 partitioned
-
-        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-            yield weight
-    else:
-        yield weight
+    """A context that gathers a DeepSpeed ZeRO-3 partitioned parameter for reading; a no-op for ordinary tensors."""
+    if not hasattr(weight, "ds_numel"):
+        return nullcontext()
+    import deepspeed  # optional dependency: only reached when the weight is already ZeRO-3 partitioned
+    return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
 
 
 class ABBALinear(nn.Module):
@@ -204,22 +178,18 @@ class ABBALinear(nn.Module):
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"ABBALinear wraps nn.Linear, got {type(base_layer).__name__}")
         self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.r1, self.r2 = config.r1, config.r2
         self.scaling: float = config.scale
-        if config.forward == "auto":
-            fan = self.in_features * self.out_features / (self.in_features + self.out_features)
-            self.forward_mode = "khatri_rao" if self.r1 * self.r2 < fan else "dense"
-        else:
-            self.forward_mode = config.forward
+        fan = self.in_features * self.out_features / (self.in_features + self.out_features)
+        auto = "khatri_rao" if self.r1 * self.r2 < fan else "dense"  # the cheaper form (module docstring)
+        self.forward_mode = auto if config.forward == "auto" else config.forward
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.merged = False
-        self.disabled = False
-        # Names of other parameters holding the same tensor as W0 (tied embeddings: lm_head <-> embed_tokens); set by
-        # get_abba_model. Merging must then not write into the shared tensor (see merge).
+        self.merged = self.disabled = False
+        # Other parameters holding W0's tensor (tied embeddings: lm_head <-> embed_tokens), set by get_abba_model:
+        # merge must not write into it. _shared_base: the shared layer while merged (a list: not a submodule).
         self.shared_with: tuple[str, ...] = ()
-        self._shared_base: list[nn.Linear] = []  # the shared base layer while merged (a list: not a registered submodule)
+        self._shared_base: list[nn.Linear] = []
 
         weight = base_layer.weight
         dtype = torch.float32 if config.adapter_dtype == "float32" else weight.dtype
@@ -236,9 +206,9 @@ class ABBALinear(nn.Module):
     def reset_parameters(self, config: ABBAConfig, seed: int) -> None:
         """Initialise the factors so that dW = 0 (B2 = 0) and B1 A1 carries W0's top-r1 subspace."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        kaiming = lambda t, a: t.copy_(  # noqa: E731 - drawn on CPU so every device and rank agrees
-            nn.init.kaiming_uniform_(torch.empty(t.shape), a=a, generator=gen)
-        )
+
+        def kaiming(t: torch.Tensor, a: float) -> None:  # drawn on CPU so that every device and rank agrees
+            t.copy_(nn.init.kaiming_uniform_(torch.empty(t.shape), a=a, generator=gen))
         if config.init == "svd":
             B1, A1 = self._svd_factors(config.svd_niter, seed)
             self.abba_B1.copy_(B1)
@@ -252,8 +222,9 @@ class ABBALinear(nn.Module):
 
     def _svd_factors(self, niter: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """B1 = U sqrt(S), A1 = sqrt(S) V^T from a rank-r1 truncated SVD of W0, in float32."""
-        with _gathered(self.base_layer.weight) as w:
-            W = w.detach().float()
+        weight = self.base_layer.weight
+        with _gathered(weight):  # the SVD runs inside: W may share the gathered storage
+            W = weight.detach().float()
             q = min(self.r1 + 8, *W.shape)  # oversampling: near-exact for decaying spectra, near-optimal fit otherwise
             devices = [W.device] if W.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
@@ -271,7 +242,8 @@ class ABBALinear(nn.Module):
 
     def _update(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """The update s dW x; with `base` (the frozen layer's output on x), base + update, reusing base's memory."""
-        dtype = _compute_dtype(x)
+        device = x.device.type  # under autocast the update runs in autocast's dtype, like the frozen layer
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         x = self.dropout(x.to(dtype))
         B1, A1, B2, A2 = (p.to(dtype) for p in (self.abba_B1, self.abba_A1, self.abba_B2, self.abba_A2))
         khatri_rao = self.forward_mode == "khatri_rao"
@@ -295,15 +267,13 @@ class ABBALinear(nn.Module):
         if self.merged:
             warnings.warn("ABBA adapter is already merged; merging again would apply dW twice. Skipping.")
             return
-        delta = self.get_delta_weight()
         weight = self.base_layer.weight
-        merged = weight.float() + delta.to(weight.device)
+        merged = weight.float() + self.get_delta_weight().to(weight.device)
         if safe_merge and not torch.isfinite(merged).all():
             raise ValueError("NaN or inf in the merged weight: the adapter is broken, refusing to merge")
         if self.shared_with:
-            # W0 is also another module's weight (or this base layer sits at a second place in the model): folding
-            # in place would change that module too, e.g. tied input embeddings would move by dW. Untie: a new
-            # Linear holds W0 + dW, the shared tensor and module keep W0.
+            # W0 is also another module's weight (or this layer sits at a second place in the model): folding in
+            # place would move that module by dW too (tied embeddings). Untie: a new Linear holds W0 + dW.
             self._shared_base = [self.base_layer]
             private = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
             private.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=weight.requires_grad)
@@ -326,7 +296,5 @@ class ABBALinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, r1={self.r1}, r2={self.r2}, "
-            f"scaling={self.scaling:.4g}, forward={self.forward_mode}"
-        )
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r1={self.r1}, r2={self.r2}, "
+                f"scaling={self.scaling:.4g}, forward={self.forward_mode}")

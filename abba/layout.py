@@ -22,6 +22,17 @@ from typing import Any, Callable, Iterable, Iterator
 #: The repository's root folder (configs/, results/, outputs/ are under it).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: The names the stages hand each other: RUN/config.yaml and RUN/run_info.json (copied into RESULTS), RUN/final/
+#: (with the base model's entry, seed included, in final/abba_model.yaml), RESULTS/merged/ (complete once it holds
+#: merge_info.json) and RESULTS/metrics.json.
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run_info.json"
+FINAL_DIR = "final"
+MODEL_ENTRY_FILE = "abba_model.yaml"
+MERGED_DIR = "merged"
+MERGE_INFO_FILE = "merge_info.json"
+METRICS_FILE = "metrics.json"
+
 
 def resolve_path(path: str | Path) -> str:
     """A relative path that does not exist from the working directory is looked up from the repository root."""
@@ -35,10 +46,10 @@ def resolve_path(path: str | Path) -> str:
 #: experiment and seed are in the path already). Exact keys, and prefixes ending in '.' or '/'. Everything else,
 #: group choices (`trainer=zero3`, `+sweep=...`), data paths and `paths.data_dir` included, names a different run.
 #: (The ABBA_DATA_DIR environment variable is not on the command line, so it cannot name the run.)
-NOT_IDENTITY = ("experiment", "seed", "output_dir", "resume", "overwrite", "logger", "overrides",
-                "dump_init_adapter", "interrupt_at_step", "data.num_proc", "trainer.save_steps",
-                "trainer.save_total_limit", "trainer.logging_steps", "trainer.dataloader_num_workers",
-                "trainer.disable_tqdm", "paths.output_root", "logger.", "hydra.", "hydra/")
+NOT_IDENTITY = ("experiment", "seed", "output_dir", "resume", "overwrite", "logger", "overrides", "data.num_proc",
+                "trainer.save_steps", "trainer.save_total_limit", "trainer.logging_steps",
+                "trainer.dataloader_num_workers", "trainer.disable_tqdm", "paths.output_root", "logger.", "hydra.",
+                "hydra/", "debug.")
 #: Longest readable part of a folder name (filesystems allow 255 bytes per component).
 NAME_MAX = 100
 HASH_LEN = 8
@@ -123,7 +134,7 @@ def results_folder(results_dir: str | Path, run_dir: str | Path, name: str, seed
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "final").is_dir()
+    return (run_dir / FINAL_DIR).is_dir()
 
 
 def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -185,7 +196,7 @@ def is_evaluated(results_dir: str | Path, benchmarks: Iterable[str], nll: bool =
     """Whether RESULTS/metrics.json scores every benchmark in `benchmarks`: with an NLL when `nll`, on the whole
     test set unless `partial_ok` (a seeded subset, eval.run limit=N, is then enough). An unreadable file is not
     done: the evaluation runs again and resumes from its samples."""
-    path = Path(results_dir) / "metrics.json"
+    path = Path(results_dir) / METRICS_FILE
     try:
         metrics = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -5,59 +5,38 @@
 
 Handles ABBA adapters (abba.load_abba_model), peft adapters (LoRA, rsLoRA, PiSSA, DoRA, HiRA, LoHa: peft's
 PeftModel.from_pretrained) and full fine-tuning folders (re-saved). The base model is `base_model=` (a
-configs/model name, a model-entry .yaml, or a Hub id / local folder), else RUN/final/abba_model.yaml (random-init
-bases are rebuilt with the run's seed, read from RUN/config.yaml), else the adapter config's base model.
+configs/model name, a model-entry .yaml, or a Hub id / local folder), else RUN/final/abba_model.yaml, else the
+adapter config's base model. A random-init base is rebuilt with the training seed: `seed=`, else the `seed` of
+RUN/final/abba_model.yaml, else the ABBA adapter config's, else 0. Only the input folder is read, nothing above it.
 
 Everything is folded in float32 and cast once to the target dtype (`dtype=`, default the model entry's). Before
-anything is written the merged model's logits on a probe batch are compared with the unmerged adapter model's;
-NaN/inf or a difference above the dtype's tolerance stops the merge (exit code 1, nothing written). The probe
-cannot see a small update vanish in the cast (its whole effect on the logits can be below the tolerance), so every
-adapted layer is also measured: how much of its float32 update dW survives the cast (`update_survival` in
-merge_info.json), with a MergePrecisionWarning when a layer loses more than UPDATE_LOSS_WARN. The folder is
-written under a temporary name and renamed when complete. An ABBA layer whose weight is shared with another module
-(lm_head tied to the input embeddings) is merged into its own copy, and the saved config is untied.
+anything is written the merged model is checked (abba/merge_check.py: probe logits against the unmerged adapter
+model's, and how much of each layer's update survives the cast, `update_survival` in merge_info.json); a refused
+check exits 1 with nothing written. The folder is written under a temporary name and renamed when complete. An
+ABBA layer whose weight is shared with another module (lm_head tied to the input embeddings) is merged into its
+own copy, and the saved config is untied.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .config import CONFIG_NAME
-from .gguf_source import ModelSourceError
-from .layout import REPO_ROOT, resolve_path
 from .base_model import build_model, check_model_source, load_tokenizer, torch_dtype
-from .model import _shared_parameters
+from .cli import Refusal, UsageError, did_you_mean, one_line_errors, parse_key_values
+from .config import CONFIG_NAME
+from .files import atomic_path
+from .gguf_source import ModelSourceError
+from .layout import MERGE_INFO_FILE, MODEL_ENTRY_FILE, REPO_ROOT, resolve_path
+from .merge_check import (MergeError, check_cast, check_finite, check_merged, initial_weights, logits, probe_batch,
+                          tied_weights, update_survival, warn_lost_updates)
 
-PROBE_TEXTS = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-    "Janet has 16 eggs. She eats 3 and bakes with 4. The answer is: 9",
-    "Please answer the following question with true or false.",
-)
-#: fp32: max |merged - unmerged| / max(1, max |unmerged|). Lower precisions: mean |cast - fp32| / mean |fp32|
-#: (bf16 keeps 8 bits of mantissa, so a real model's logits move by a few percent).
-TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.02}
-
-
-#: A layer whose update, after the cast, is off by more than this fraction of its norm gets a MergePrecisionWarning.
-#: bf16 keeps 8 significant bits: an update near W0's rounding step (2**-9 of |W0| per entry) is mostly rounded away.
-UPDATE_LOSS_WARN = 0.1
-
-
-class MergePrecisionWarning(UserWarning):
-    """The cast to the output dtype loses more than UPDATE_LOSS_WARN of some layer's update."""
-
-
-class MergeError(RuntimeError):
-    """The merge was refused; the message is one line and nothing was written."""
+MODEL_CONFIGS = REPO_ROOT / "configs" / "model"
 
 
 def adapter_kind(adapter_dir: Path) -> str:
@@ -76,10 +55,10 @@ def adapter_kind(adapter_dir: Path) -> str:
 
 
 def run_seed(adapter_dir: Path, kind: str) -> int:
-    """The training seed: RUN/config.yaml beside RUN/final, else the ABBA config's seed, else 0."""
-    run_config = adapter_dir.parent / "config.yaml"
-    if run_config.is_file():
-        seed = (yaml.safe_load(run_config.read_text()) or {}).get("seed")
+    """The training seed: the `seed` of RUN/final/abba_model.yaml, else the ABBA config's seed, else 0."""
+    entry_file = adapter_dir / MODEL_ENTRY_FILE
+    if entry_file.is_file():
+        seed = (yaml.safe_load(entry_file.read_text()) or {}).get("seed")
         if seed is not None:
             return int(seed)
     if kind == "abba":
@@ -90,20 +69,41 @@ def run_seed(adapter_dir: Path, kind: str) -> int:
 def base_model_entry(adapter_dir: Path, base_model: str | None, kind: str) -> dict[str, Any]:
     """A model entry (the configs/model/*.yaml keys) describing the base to rebuild or load."""
     if base_model:
-        named = REPO_ROOT / "configs" / "model" / f"{base_model}.yaml"
+        named = MODEL_CONFIGS / f"{base_model}.yaml"
         if named.is_file():
             return yaml.safe_load(named.read_text())
         if str(base_model).endswith((".yaml", ".yml")) and Path(resolve_path(base_model)).is_file():
             return yaml.safe_load(Path(resolve_path(base_model)).read_text())
         return {"name_or_path": str(base_model), "random_init": False}
-    if (adapter_dir / "abba_model.yaml").is_file():
-        return yaml.safe_load((adapter_dir / "abba_model.yaml").read_text())
+    if (adapter_dir / MODEL_ENTRY_FILE).is_file():
+        return yaml.safe_load((adapter_dir / MODEL_ENTRY_FILE).read_text())
     if kind == "full":
         return {"name_or_path": str(adapter_dir), "random_init": False}
     name = json.loads((adapter_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path")
     if not name:
         raise MergeError(f"no base model known for {adapter_dir}: pass base_model=NAME_OR_PATH")
     return {"name_or_path": name, "random_init": False}
+
+
+def _available_base(adapter_dir: Path, base_model: str | None, kind: str) -> dict[str, Any]:
+    """base_model_entry, checked loadable without loading it (check_model_source). Without base_model= and
+    abba_model.yaml (a checkpoint-N folder, an exported adapter), a base that cannot be had is refused at once,
+    naming base_model=: otherwise from_pretrained would try the Hub with retries and end in a traceback."""
+    try:
+        entry = base_model_entry(adapter_dir, base_model, kind)
+        check_model_source(entry)
+        return entry
+    except (MergeError, ModelSourceError) as error:
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        if base_model or kind == "full" or (adapter_dir / MODEL_ENTRY_FILE).is_file():
+            raise MergeError(reason) from None
+        name = json.loads((adapter_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path")
+        named = [p.stem for p in sorted(MODEL_CONFIGS.glob("*.yaml"))
+                 if name and (yaml.safe_load(p.read_text()) or {}).get("name_or_path") == name]
+        hint = (f"pass base_model={named[0]} (the configs/model entry of {name})" if len(named) == 1 else
+                "pass base_model=NAME (a configs/model name, a model-entry .yaml, a local folder or a Hub id)")
+        raise MergeError(f"{adapter_dir} has no {MODEL_ENTRY_FILE}, and the base model its adapter config names "
+                         f"cannot be loaded ({reason.rstrip('.')}): {hint}") from None
 
 
 def _entry_dtype(entry: dict[str, Any]) -> torch.dtype:
@@ -140,81 +140,28 @@ def _tokenizer(adapter_dir: Path, entry: dict[str, Any]):
     return load_tokenizer(entry)
 
 
-@torch.inference_mode()
-def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).logits.float()
-
-
-def _initial_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """{name the merged weight will have: W0 as float32 on the CPU} for every adapted linear layer (ABBA and peft
-    layers both keep W0 in `base_layer`). Costs one float32 copy of the adapted weights in host memory."""
-    return {f"{name}.weight": module.base_layer.weight.detach().float().cpu().clone()
-            for name, module in model.get_base_model().named_modules()
-            if isinstance(getattr(module, "base_layer", None), torch.nn.Linear)}
-
-
-def update_survival(merged: torch.nn.Module, initial: dict[str, torch.Tensor], target: torch.dtype) -> dict[str, Any]:
-    """How much of each layer's update survives the cast of the merged weight to `target`.
-
-    dW = W - W0 is the float32 update the merge folded in (W: the merged float32 weight); what the saved model
-    applies is cast(W) - cast(W0). Per layer: `relative_error` = ||(cast(W) - cast(W0)) - dW||_F / ||dW||_F (0: all
-    of it survives; 1: as if there were none) and `unchanged_fraction` = the fraction of entries with dW != 0 whose
-    cast weight equals cast(W0) exactly. Both are 0 for target float32. Returns the threshold, the worst layer and
-    {layer weight name: {relative_error, unchanged_fraction}}."""
-    params = dict(merged.named_parameters())
-    layers: dict[str, dict[str, float]] = {}
-    for name, w0 in initial.items():
-        w = params[name].detach().float().cpu()
-        dw = w - w0
-        w_cast, w0_cast = w.to(target), w0.to(target)
-        delivered = w_cast.float() - w0_cast.float()
-        norm = dw.double().norm().item()
-        changed = dw != 0
-        layers[name] = {
-            "relative_error": (delivered - dw).double().norm().item() / norm if norm > 0 else 0.0,
-            "unchanged_fraction": ((w_cast == w0_cast) & changed).sum().item() / max(1, changed.sum().item()),
-        }
-    worst = max(layers, key=lambda n: layers[n]["relative_error"], default=None)
-    return {"threshold": UPDATE_LOSS_WARN, "worst_layer": worst,
-            "max_relative_error": layers[worst]["relative_error"] if worst else 0.0,
-            "layers_over_threshold": sum(v["relative_error"] > UPDATE_LOSS_WARN for v in layers.values()),
-            "layers": layers}
-
-
-def _check_finite(logits: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(logits).all():
-        raise MergeError(f"NaN or inf in the {what} logits on the probe batch: refusing to merge")
-
-
 def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | None = None, dtype: str | None = None,
           seed: int | None = None, overwrite: bool = False, device: str = "auto") -> dict[str, Any]:
     """Merge and save; return the record also written to DIR/merge_info.json. Raises MergeError on refusal."""
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not adapter_dir.is_dir():
-        raise MergeError(f"adapter_dir={adapter_dir} is not a folder")
+        raise MergeError(f"adapter_dir={adapter_dir} is not a folder: pass a training run's RUN/final (or "
+                         f"RUN/checkpoint-N, or an exported adapter, with base_model=)")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise MergeError(f"output_dir={output_dir} already exists: pass overwrite=true or choose another folder")
     kind = adapter_kind(adapter_dir)
-    entry = base_model_entry(adapter_dir, base_model, kind)
+    entry = _available_base(adapter_dir, base_model, kind)
     seed = run_seed(adapter_dir, kind) if seed is None else int(seed)
     target = torch_dtype(dtype) if dtype else _entry_dtype(entry)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
-    try:
-        check_model_source(entry)
-    except ModelSourceError as error:
-        raise MergeError(str(error)) from None
     tokenizer = _tokenizer(adapter_dir, entry)
     model = load_unmerged(adapter_dir, kind, entry, seed).to(device).eval()
-    probe = {k: v.to(device) for k, v in tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True).items()}
-    reference = _logits(model, probe)
-    _check_finite(reference, "adapter model's")
-    # Adapted layers whose weight another module shares (lm_head tied to the embeddings): ABBA's merge unties them;
-    # peft's writes into the shared tensor, which the logit check below catches and names.
-    tied = {} if kind == "full" else {
-        f"{name.removesuffix('.base_layer.weight')}.weight": others
-        for name, others in _shared_parameters(model.get_base_model()).items() if name.endswith(".base_layer.weight")}
-    initial = {} if kind == "full" else _initial_weights(model)
+    probe = probe_batch(tokenizer, device)
+    reference = logits(model, probe)
+    check_finite(reference, "adapter model's")
+    tied = {} if kind == "full" else tied_weights(model)
+    initial = {} if kind == "full" else initial_weights(model)
     if kind == "full":
         merged = model
     else:
@@ -222,148 +169,85 @@ def merge(adapter_dir: str | Path, output_dir: str | Path, base_model: str | Non
             merged = model.merge_and_unload(safe_merge=True)
         except ValueError as error:  # ABBA and peft both raise ValueError on NaN/inf updates
             raise MergeError(f"{str(error).splitlines()[0]}") from None
-    for name, param in merged.named_parameters():
-        if not torch.isfinite(param).all():
-            raise MergeError(f"NaN or inf in merged parameter {name}: refusing to merge")
-    fp32_logits = _logits(merged, probe)
-    _check_finite(fp32_logits, "merged model's")
-    max_abs_diff = (fp32_logits - reference).abs().max().item()
-    scale = max(1.0, reference.abs().max().item())
-    if max_abs_diff > TOLERANCE[torch.float32] * scale:
-        cause = "" if kind == "abba" or not tied else (
-            "; the adapted weights " + ", ".join(f"{n} = {' = '.join(o)}" for n, o in sorted(tied.items()))
-            + " are shared between modules, and the merge wrote the update into both")
-        raise MergeError(f"merged logits differ from the adapter model's by {max_abs_diff:.3g} "
-                         f"(> {TOLERANCE[torch.float32] * scale:.3g}): refusing to merge{cause}")
+    max_abs_diff = check_merged(merged, probe, reference, kind, tied)
     info: dict[str, Any] = {"adapter_dir": str(adapter_dir), "kind": kind, "base_model": entry.get("name_or_path"),
                             "random_init_seed": seed if entry.get("random_init") else None, "dtype": str(target),
                             "probe_max_abs_diff_fp32": max_abs_diff, "untied_weights": sorted(tied)}
     if kind != "full":
-        survival = update_survival(merged, initial, target)
+        info["update_survival"] = update_survival(merged, initial, target)
         del initial
-        info["update_survival"] = survival
-        if survival["layers_over_threshold"]:
-            worst = survival["layers"][survival["worst_layer"]]
-            warnings.warn(f"merging into {str(target).removeprefix('torch.')} loses more than "
-                          f"{UPDATE_LOSS_WARN:.0%} of the update in {survival['layers_over_threshold']} of "
-                          f"{len(survival['layers'])} layers (worst {survival['worst_layer']}: relative error "
-                          f"{worst['relative_error']:.2f}, {worst['unchanged_fraction']:.0%} of its entries keep W0 "
-                          f"exactly); merge with dtype=float32 to keep it", MergePrecisionWarning, stacklevel=2)
+        warn_lost_updates(info["update_survival"], target)
     if target != torch.float32:
         merged.to(target)
-        cast_logits = _logits(merged, probe)
-        _check_finite(cast_logits, f"merged {target} model's")
-        relative = ((cast_logits - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12)).item()
-        info["probe_mean_relative_diff_cast"] = relative
-        if relative > TOLERANCE.get(target, 0.1):
-            raise MergeError(f"the merged model cast to {target} moves the probe logits by {relative:.3g} (relative, "
-                             f"> {TOLERANCE.get(target, 0.1)}): refusing to save")
-    _save(merged, tokenizer, output_dir, info, overwrite)
+        info["probe_mean_relative_diff_cast"] = check_cast(merged, probe, reference, target)
+    _save(merged, tokenizer, output_dir, info)
     return info
 
 
-def _save(model, tokenizer, output_dir: Path, info: dict[str, Any], overwrite: bool) -> None:
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.to("cpu")
-        model.config.dtype = next(model.parameters()).dtype
+def _save(model, tokenizer, output_dir: Path, info: dict[str, Any]) -> None:
+    """The merged model, its tokenizer and merge_info.json into `output_dir` (replaced whole, atomically)."""
+    model.to("cpu")
+    model.config.dtype = next(model.parameters()).dtype
+    with atomic_path(output_dir, folder=True) as tmp:
         model.save_pretrained(str(tmp), max_shard_size="5GB")
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        if output_dir.exists() and overwrite:
-            shutil.rmtree(output_dir)
-        elif output_dir.exists():  # an empty folder (checked at the start)
-            output_dir.rmdir()
-        os.rename(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def summary(info: dict[str, Any], output_dir: str | Path) -> str:
+    """The line the command prints after a merge."""
+    return (f"merged {info['kind']} adapter {info['adapter_dir']} -> {output_dir} ({info['dtype']}, "
+            f"probe max |diff| {info['probe_max_abs_diff_fp32']:.2e})")
 
 
 USAGE = ("usage: python -m abba.merge adapter_dir=RUN/final output_dir=DIR [base_model=...] [dtype=...] [seed=...] "
          "[overwrite=true] [device=cpu|cuda]")
+OPTIONS = ("adapter_dir", "output_dir", "base_model", "dtype", "seed", "overwrite", "device")
 
 
-def _check_base_model(adapter_dir: Path, base_model: str | None) -> None:
-    """Refuse at once, naming base_model=, when no base_model= is given and the base model named by the adapter's
-    own config (a checkpoint-N folder or an exported adapter has no abba_model.yaml) cannot be had: otherwise
-    from_pretrained would try the Hub with retries and end in a traceback."""
-    from .cli import Refusal
+def parse_options(argv: list[str]) -> dict[str, Any]:
+    """merge()'s keyword arguments from `key=value` arguments (only the keys given), values checked and typed.
+    Raises UsageError (one line) for an unknown key, a malformed argument or a bad dtype, seed, overwrite or device."""
+    from .base_model import DTYPES
 
-    if base_model or not adapter_dir.is_dir() or (adapter_dir / "abba_model.yaml").is_file():
-        return
-    try:
-        kind = adapter_kind(adapter_dir)
-        if kind == "full":
-            return
-        entry = base_model_entry(adapter_dir, None, kind)
-        check_model_source(entry)
-    except (MergeError, ModelSourceError) as error:
-        run_config = adapter_dir.parent / "config.yaml"  # RUN/checkpoint-N beside RUN/config.yaml
-        model = ((yaml.safe_load(run_config.read_text()) or {}).get("model") or {}) if run_config.is_file() else {}
-        named = model.get("name") if (REPO_ROOT / "configs" / "model" / f"{model.get('name')}.yaml").is_file() else None
-        hint = (f"pass base_model={named} (the model in {run_config})" if named else
-                "pass base_model=NAME (a configs/model name, a model-entry .yaml, a local folder or a Hub id)")
-        raise Refusal(f"{adapter_dir} has no abba_model.yaml, and the base model its adapter config names cannot be "
-                      f"loaded ({str(error).rstrip('.')}): {hint}") from None
-
-
-def _main(argv: list[str]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from .cli import UsageError, did_you_mean, unknown_options
-
-    try:
-        args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    except Exception as error:  # noqa: BLE001 - a malformed key=value: say which, in one line
-        raise UsageError(f"{str(error).splitlines()[0]}; {USAGE}") from None
-    unknown_options(args, ("adapter_dir", "output_dir", "base_model", "dtype", "seed", "overwrite", "device"), USAGE)
-    missing = [k for k in ("adapter_dir", "output_dir") if args.get(k) in (None, "")]
-    if missing:
-        raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {USAGE}")
-    if args.get("dtype") is not None:
-        from .base_model import DTYPES
-
-        if str(args["dtype"]) not in DTYPES:
-            raise UsageError(f"dtype={args['dtype']} is not a dtype{did_you_mean(args['dtype'], DTYPES)}: use one of "
-                             f"{', '.join(DTYPES)}")
-    if args.get("seed") is not None and not isinstance(args["seed"], int):
-        raise UsageError(f"seed={args['seed']} is not an integer")
-    if args.get("device", "auto") != "auto":
+    given = {k: v for k, v in parse_key_values(argv, dict.fromkeys(OPTIONS), USAGE).items() if v is not None}
+    if "dtype" in given and given["dtype"] not in DTYPES:
+        raise UsageError(f"dtype={given['dtype']} is not a dtype{did_you_mean(given['dtype'], DTYPES)}: use one of "
+                         f"{', '.join(DTYPES)}")
+    if "seed" in given:
         try:
-            torch.device(str(args["device"]))
+            given["seed"] = int(given["seed"])
+        except ValueError:
+            raise UsageError(f"seed={given['seed']} is not an integer") from None
+    if "overwrite" in given:
+        if given["overwrite"].lower() not in ("true", "false"):
+            raise UsageError(f"overwrite={given['overwrite']} is not a boolean: use overwrite=true or "
+                             "overwrite=false")
+        given["overwrite"] = given["overwrite"].lower() == "true"
+    if given.get("device", "auto") != "auto":
+        try:
+            torch.device(given["device"])
         except RuntimeError:
-            raise UsageError(f"device={args['device']} is not a device: use auto, cpu, cuda or cuda:N") from None
-    adapter_dir = Path(str(args["adapter_dir"]))
-    if not adapter_dir.is_dir():
-        from .cli import Refusal
-
-        raise Refusal(f"adapter_dir={adapter_dir} is not a folder: pass a training run's RUN/final (or "
-                      f"RUN/checkpoint-N, or an exported adapter, with base_model=)")
-    _check_base_model(adapter_dir, args.get("base_model"))
-    return merge(**args)
+            raise UsageError(f"device={given['device']} is not a device: use auto, cpu, cuda or cuda:N") from None
+    return given
 
 
 def main(argv: list[str]) -> int:
     """The command line; failures print one line (abba/cli.py) and return 2 (usage) or 1 (refused)."""
-    from .cli import Refusal, one_line_errors
-
     try:
         # OSError: from_pretrained on an unreadable folder; anything else is a bug and keeps its traceback.
         with one_line_errors(refusals=(Refusal, MergeError, ModelSourceError, OSError),
                              on_interrupt="interrupted: nothing was written (the merged model is saved under a "
                                           "temporary name and renamed only when complete): run the same command again"):
-            info = _main(argv)
+            args = parse_options(argv)
+            missing = [k for k in ("adapter_dir", "output_dir") if not args.get(k)]
+            if missing:
+                raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {USAGE}")
+            info = merge(**args)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    print(f"merged {info['kind']} adapter {info['adapter_dir']} -> {argv_value(argv, 'output_dir')} ({info['dtype']}, "
-          f"probe max |diff| {info['probe_max_abs_diff_fp32']:.2e})")
+    print(summary(info, args["output_dir"]))
     return 0
-
-
-def argv_value(argv: list[str], key: str) -> str:
-    return next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), "")
 
 
 if __name__ == "__main__":

@@ -73,17 +73,8 @@ def apply_method(model: nn.Module, peft_cfg: Mapping[str, Any], seed: int = 0) -
         return get_peft_model(model, peft_config(peft_cfg))
 
 
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; ZeRO-3 partitioned parameters count at their full size."""
-    def numel(p):
-        return getattr(p, "ds_numel", p.numel())
-
-    params = list(model.parameters())
-    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
-
-
 def is_abba(model: nn.Module) -> bool:
     return isinstance(model, ABBAModel)
 
 
-__all__ = ["METHODS", "abba_config", "apply_method", "is_abba", "parameter_counts", "peft_config"]
+__all__ = ["METHODS", "abba_config", "apply_method", "is_abba", "peft_config"]

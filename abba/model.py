@@ -4,6 +4,7 @@
     model = get_abba_model(base_model, ABBAConfig(r1=16, r2=16, alpha=32))   # trainable adapter
     model.save_pretrained("out/adapter")                                    # adapter files only
     model = load_abba_model(base_model, "out/adapter")                      # restore it
+    model.load_adapter("out/checkpoint-500")                                # overwrite it in place
     merged = model.merge_and_unload()                                       # plain transformers model
 """
 
@@ -29,6 +30,16 @@ def _is_target(name: str, targets: list[str] | str) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters of `model`, each shared tensor once; a ZeRO-3 partitioned parameter (empty on
+    every rank) counts at its full size, `ds_numel`. The project's one parameter counter."""
+    def numel(p: torch.Tensor) -> int:
+        return getattr(p, "ds_numel", p.numel())
+
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -106,9 +117,8 @@ class ABBAModel(nn.Module):
         return {k: v for k, v in self.model.state_dict().items() if k.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX)}
 
     def trainable_parameter_count(self) -> tuple[int, int]:
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
-        return trainable, total
+        """(trainable, total) parameters of the wrapped model (see `parameter_counts`)."""
+        return parameter_counts(self.model)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.trainable_parameter_count()
@@ -198,16 +208,41 @@ class ABBAModel(nn.Module):
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "adapter_type": "abba"})
         config.save(out)
 
+    def load_adapter(self, adapter_dir: str | Path) -> None:
+        """Overwrite this model's adapter in place with the tensors saved in `adapter_dir`/adapter_model.safetensors
+        (same layers, same shapes; cast to the factors' dtype). Under DeepSpeed ZeRO-3 the partitioned factors are
+        gathered, overwritten and partitioned again, which is collective: call it on every rank. (An optimizer's own
+        copies of the factors, as DeepSpeed's keeps, are not changed: load before it is created.)
+        Raises FileNotFoundError (no weights file), KeyError (missing or unexpected keys), ValueError (shapes)."""
+        weights = Path(adapter_dir) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {adapter_dir}")
+        saved = load_file(str(weights))
+        params = {n: p for n, p in self.model.named_parameters() if n.rsplit(".", 1)[-1].startswith(ADAPTER_PREFIX)}
+        missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"adapter in {adapter_dir} does not fit the model: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        bad = [f"{k}: saved {tuple(saved[k].shape)} vs model {tuple(getattr(p, 'ds_shape', p.shape))}"
+               for k, p in params.items() if saved[k].shape != getattr(p, "ds_shape", p.shape)]
+        if bad:
+            raise ValueError(f"adapter in {adapter_dir} has mismatched shapes: {bad}")
+        # Every rank reads the same file; rank 0's copy is what ZeRO-3 partitions again on leaving the block.
+        with _gathered([p for p in params.values() if hasattr(p, "ds_id")], modifier_rank=0), torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+
 
 @contextmanager
-def _gathered(params: list[torch.Tensor]):
-    """Full ZeRO-3 parameters inside the block (collective over all ranks); a no-op for an empty list."""
+def _gathered(params: list[torch.Tensor], modifier_rank: int | None = None):
+    """Full ZeRO-3 parameters inside the block (collective over all ranks); a no-op for an empty list. With
+    `modifier_rank`, that rank's changes are partitioned back on leaving it (None: read only)."""
     if not params:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
         yield
 
 
@@ -252,17 +287,8 @@ def load_abba_model(base_model: nn.Module | str, adapter_dir: str | Path, **from
 
         base_model = AutoModelForCausalLM.from_pretrained(str(base_model), **from_pretrained_kwargs)
     model = get_abba_model(base_model, config, init=False)
-    saved = load_file(str(weights))
-    expected = model.adapter_state_dict()
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    if missing or unexpected:
-        raise KeyError(f"adapter in {adapter_dir} does not fit the model: missing keys {missing}, unexpected keys {unexpected}")
-    bad = [f"{k}: saved {tuple(saved[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if saved[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"adapter in {adapter_dir} has mismatched shapes: {bad}")
-    model.model.load_state_dict(saved, strict=False)
+    model.load_adapter(adapter_dir)
     return model
 
 
-__all__ = ["ABBAModel", "get_abba_model", "load_abba_model", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["ABBAModel", "get_abba_model", "load_abba_model", "parameter_counts", "CONFIG_NAME", "WEIGHTS_NAME"]

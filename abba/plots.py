@@ -1,35 +1,22 @@
-"""Figures: ours-vs-paper bar charts of the tables, the mini table's accuracy/NLL panels, and training-loss
-curves from RUN/metrics.jsonl.
+"""Figures of the tables: ours-vs-paper bar charts of the paper's tables and `other`, the mini table's
+accuracy/NLL panels, and their captions (items per benchmark, seeds); and the `python -m abba.plots` command,
+which draws training-loss curves (abba.loss_curves).
 
     python -m abba.tables results_dir=results output_dir=results/tables           # writes the bar charts too
     python -m abba.plots loss_curve out=loss.png ABBA=outputs/x/seed0 LoRA=outputs/y/seed0
+
+`loss_curve` takes `out=PNG` (default loss_curve.png) and one LABEL=RUN_DIR (or LABEL=.../metrics.jsonl) per
+curve. A bad command line exits 2, a run without metrics.jsonl 1, each with one `error:` line (abba/cli.py).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from .figures import add_caption, pyplot, save_figure
 from .table_registry import BENCHMARK_LABELS, MINI_BENCHMARKS
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG)."""
-    from .files import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 OURS_COLOR = "#1f77b4"
@@ -72,16 +59,6 @@ def seeds_text(blocks: dict[str, list], labels: dict[str, str]) -> str:
     if not parts:
         return "Runs: none of ours yet (\"–\" marks a method without runs)"
     return "Runs: " + " | ".join(parts) + ". s=k above a bar: the number of seeds it averages"
-
-
-def add_caption(fig, lines: list[str], width: int) -> None:
-    """Caption lines under the panels (bbox_inches="tight" keeps them in the PNG); gid="caption" finds it."""
-    import textwrap
-
-    text = "\n".join(textwrap.fill(line, width) for line in lines if line)
-    # Below everything already drawn (rotated tick labels reach under the axes), not at a fixed height.
-    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
-    fig.text(0.5, bottom - 0.02, text, ha="center", va="top", fontsize=8, gid="caption")
 
 
 def _seed_label(ax, x: float, top: float, n: int) -> None:
@@ -230,95 +207,26 @@ def mini_chart(blocks: dict[str, list], majority_avg: dict[str, float | None], l
     return path
 
 
-def read_losses(metrics_jsonl: Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) from a RUN/metrics.jsonl written by abba.trainer.MetricsCallback."""
-    steps, losses = [], []
-    for line in Path(metrics_jsonl).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record.get("loss") is not None:
-                steps.append(int(record["step"]))
-                losses.append(float(record["loss"]))
-    return steps, losses
-
-
-def run_description(run_dir: Path) -> dict[str, Any]:
-    """What a run folder trained, from its config.yaml and run_info.json (None where they do not say): model,
-    data name, training examples, optimizer steps (run_info global_step, written when training finished) and
-    trainable parameters."""
-    import yaml
-
-    config_path, info_path = run_dir / "config.yaml", run_dir / "run_info.json"
-    cfg = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    model = cfg.get("model") or {}
-    source = model.get("name_or_path")
-    return {"model": str(source).rstrip("/").split("/")[-1] if source else model.get("name"),
-            "data": (cfg.get("data") or {}).get("name"), "n_train_examples": info.get("n_train_examples"),
-            "steps": info.get("global_step"), "trainable_params": info.get("trainable_params")}
-
-
-def _count(n: int | None) -> str:
-    return "?" if n is None else f"{n:,}"
-
-
-def loss_figure(runs: dict[str, Path], title: str = "training loss"):
-    """One line per run (`runs` maps a legend label to a run folder, or its metrics.jsonl): training loss per
-    optimizer step. The title names the model and data (name, training examples) the runs share; each legend
-    entry gives its run's steps and trainable parameters (and the model/data where the runs differ), read from
-    the run folder's config.yaml and run_info.json ("?" where they are missing)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    described = {}
-    for label, run in runs.items():
-        run = Path(run)
-        metrics = run / "metrics.jsonl" if run.is_dir() else run
-        if not metrics.is_file():
-            raise FileNotFoundError(f"no metrics.jsonl for {label}: {metrics}")
-        steps, losses = read_losses(metrics)
-        d = described[label] = run_description(metrics.parent)
-        if d["steps"] is None and steps:  # unfinished run: run_info has no global_step yet
-            d["steps"] = f"{max(steps)} logged (unfinished)"
-        ax.plot(steps, losses, label=label)
-    for d in described.values():
-        d["model"] = d["model"] or "?"
-        d["data"] = f"{d['data'] or '?'} ({_count(d['n_train_examples'])} training examples)"
-    # What all runs share goes in the title, what differs in each legend entry.
-    common = {key: described[next(iter(described))][key] for key in ("model", "data")
-              if described and len({d[key] for d in described.values()}) == 1}
-    for line, (label, d) in zip(ax.get_lines(), described.items()):
-        own = " on ".join(d[key] for key in ("model", "data") if key not in common)
-        steps = d["steps"] if isinstance(d["steps"], str) else _count(d["steps"])
-        line.set_label(f"{label}: {_count(d['trainable_params'])} trainable params, {steps} steps"
-                       + (f", {own}" if own else ""))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    head = " on ".join(common.values())
-    ax.set_title(f"{title}: {head}" if head else title, fontsize=9)
-    ax.legend(fontsize=7)
-    return fig
-
-
-def loss_curve(runs: dict[str, Path], path: Path, title: str = "training loss") -> Path:
-    """loss_figure saved to `path`."""
-    fig = loss_figure(runs, title)
-    save_figure(fig, path)
-    pyplot().close(fig)
-    return path
+USAGE = "usage: python -m abba.plots loss_curve out=PNG LABEL=RUN_DIR [LABEL=RUN_DIR ...]"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`loss_curve out=PNG LABEL=RUN_DIR ...`: the loss curves of the runs, one per label, saved to PNG."""
+    from .cli import Refusal, UsageError, one_line_errors, parse_key_values
+    from .loss_curves import loss_curve
+
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "loss_curve":
-        print("usage: python -m abba.plots loss_curve out=PNG LABEL=RUN_DIR [LABEL=RUN_DIR ...]", file=sys.stderr)
-        sys.exit(2)
-    args = dict(a.split("=", 1) for a in argv[1:])
-    out = Path(args.pop("out", "loss_curve.png"))
-    try:
-        loss_curve({k: Path(v) for k, v in args.items()}, out)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    with one_line_errors(refusals=(Refusal, FileNotFoundError)):
+        if not argv or argv[0] != "loss_curve":
+            raise UsageError(f"name the figure to draw, loss_curve (got {' '.join(argv[:1]) or 'nothing'}); {USAGE}")
+        labels = [arg.partition("=")[0] for arg in argv[1:] if arg.partition("=")[0] not in ("", "out")]
+        args = parse_key_values(argv[1:], {"out": "loss_curve.png", **dict.fromkeys(labels)}, USAGE)
+        out = args.pop("out")
+        problem = "out= needs a file name" if not out else "no run given" if not args else next(
+            (f"{label}= needs a run folder" for label, run in args.items() if not run), None)
+        if problem:
+            raise UsageError(f"{problem}; {USAGE}")
+        loss_curve({k: Path(v) for k, v in args.items()}, Path(out))
     print(f"loss curve: {out}")
 
 

@@ -6,24 +6,22 @@
 
 Each target W (orthogonal, low_rank, sparse, random; configs/reconstruct.yaml) is fitted by Adam on
 ||W - W_hat||_F^2 with LoRA, W_hat = B A (rank r), and ABBA, W_hat = (B1 A1) ⊙ (B2 A2) with r1 = r2 = r/2, so both
-have r (rows + cols) parameters. `lora_svd_optimal` is the Eckart–Young optimum of rank r (truncated SVD, closed
-form): the gap between it and `lora` shows how well the optimiser fits. Writes <output_dir>/reconstruction.csv
-(matrix,method,rank,params,rel_error with rel_error = ||W - W_hat||_F / ||W||_F; `rank` is the LoRA rank r,
-i.e. r1 + r2 for ABBA) and reconstruction.png, both atomically. `quick=true` replaces the grid by `quick_settings`
-(and writes to outputs/reconstruction_quick, so it never overwrites the committed full result); options given on
-the command line still win.
+have r (rows + cols) parameters (abba/reconstruct_fit.py, which also explains the ABBA init). `lora_svd_optimal` is
+the Eckart–Young optimum of rank r (truncated SVD, closed form): the gap between it and `lora` shows how well the
+optimiser fits. Writes <output_dir>/reconstruction.csv (matrix,method,rank,params,rel_error with rel_error =
+||W - W_hat||_F / ||W||_F; `rank` is the LoRA rank r, i.e. r1 + r2 for ABBA) and reconstruction.png
+(abba/reconstruct_plot.py), both atomically. `quick=true` replaces the grid by `quick_settings` (and writes to
+outputs/reconstruction_quick, so it never overwrites the committed full result); options given on the command line
+still win.
 
-ABBA init (`fit.abba_init`): `svd` (default) follows the paper's idea of starting from the target's principal
-subspace: B1 A1 is the rank-r1 truncated SVD of W and B2 A2 starts at the all-ones matrix (plus small noise), so
-W_hat starts as the best rank-r/2 approximation and descent only improves it. `random` draws all four factors
-as scaled Gaussians (entries of W_hat start with unit variance, like the normalised target).
+This file owns the grid: the settings, the run over every (rank, method), the CSV and the grid's name. Failures
+(abba/cli.py): a bad setting exits 2, an output_dir that is (or lies under) a file exits 1, before anything is fitted.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,120 +30,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from .cli import Refusal, UsageError, one_line_errors
 from .layout import REPO_ROOT
+from .reconstruct_fit import MATRICES, fit, make_target, relative_error, svd_optimal_error
+from .reconstruct_plot import METHODS, plot
 
-MATRICES = ("orthogonal", "low_rank", "sparse", "random")
-METHODS = ("abba", "lora", "lora_svd_optimal")
 CSV_COLUMNS = ("matrix", "method", "rank", "params", "rel_error")
 
 
-# ------------------------------------------------------------------------------------------------ targets
-def make_target(kind: str, rows: int, cols: int, generator: torch.Generator, low_rank_rank: int = 128,
-                sparse_density: float = 0.05) -> torch.Tensor:
-    """A float64 target matrix of the named kind, drawn from `generator`."""
-    def gaussian(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    if kind == "orthogonal":  # orthonormal columns (or rows): every singular value is 1
-        tall = rows >= cols
-        q, r = torch.linalg.qr(gaussian(rows, cols) if tall else gaussian(cols, rows))
-        q = q * torch.sign(torch.diagonal(r))  # Haar-distributed, not biased by QR's sign convention
-        return q if tall else q.t()
-    if kind == "low_rank":
-        if low_rank_rank <= 0:
-            raise ValueError(f"generators.low_rank_rank must be positive, got {low_rank_rank}")
-        return gaussian(rows, low_rank_rank) @ gaussian(low_rank_rank, cols) / math.sqrt(low_rank_rank)
-    if kind == "sparse":
-        if not 0.0 < sparse_density <= 1.0:
-            raise ValueError(f"generators.sparse_density must be in (0, 1], got {sparse_density}")
-        keep = torch.rand(rows, cols, generator=generator, dtype=torch.float64) < sparse_density
-        return gaussian(rows, cols) * keep
-    if kind == "random":
-        return gaussian(rows, cols)
-    raise ValueError(f"unknown matrix kind {kind!r}; choose from {MATRICES}")
-
-
-def relative_error(target: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
-    """||W - W_hat||_F / ||W||_F in float64, over the last two dimensions."""
-    target, approx = target.double(), approx.double()
-    return torch.linalg.matrix_norm(target - approx) / torch.linalg.matrix_norm(target)
-
-
-def svd_optimal_error(target: torch.Tensor, rank: int) -> float:
-    """The smallest relative error of any rank-`rank` matrix (Eckart–Young: the truncated SVD's)."""
-    s2 = torch.linalg.svdvals(target.double()).pow(2)
-    return math.sqrt(s2[rank:].sum().item() / s2.sum().item())
-
-
-# -------------------------------------------------------------------------------------------------- fitting
-def _init_factors(method: str, target: torch.Tensor, rank: int, fit_cfg: dict[str, Any],
-                  generator: torch.Generator) -> list[torch.Tensor]:
-    """Initial factors for a batch of unit-RMS targets (b, m, n), float32."""
-    b, m, n = target.shape
-
-    def gaussian(*shape: int, std: float) -> torch.Tensor:
-        return torch.randn(b, *shape, generator=generator) * std
-
-    if method == "lora":  # std r^(-1/4) on both factors: entries of B A start with unit variance
-        return [gaussian(m, rank, std=rank ** -0.25), gaussian(rank, n, std=rank ** -0.25)]
-    half = rank // 2
-    if fit_cfg["abba_init"] == "random":  # each product has unit-variance entries, so does their Hadamard product
-        std = half ** -0.25
-        return [gaussian(m, half, std=std), gaussian(half, n, std=std), gaussian(m, half, std=std),
-                gaussian(half, n, std=std)]
-    if fit_cfg["abba_init"] != "svd":
-        raise ValueError(f"fit.abba_init must be 'svd' or 'random', got {fit_cfg['abba_init']!r}")
-    u, s, vh = torch.linalg.svd(target, full_matrices=False)
-    root = s[:, :half].sqrt()
-    B1, A1 = u[:, :, :half] * root.unsqueeze(1), root.unsqueeze(2) * vh[:, :half]
-    noise = float(fit_cfg["init_noise"])
-    B2, A2 = gaussian(m, half, std=noise), gaussian(half, n, std=noise)
-    B2[:, :, 0] = 1.0  # B2 A2 ~ all-ones, so W_hat starts at the rank-r1 truncated SVD of W
-    A2[:, 0, :] = 1.0
-    return [B1, A1, B2, A2]
-
-
-def _product(method: str, factors: list[torch.Tensor]) -> torch.Tensor:
-    if method == "lora":
-        return factors[0] @ factors[1]
-    B1, A1, B2, A2 = factors
-    return (B1 @ A1) * (B2 @ A2)
-
-
-def fit(targets: torch.Tensor, method: str, rank: int, fit_cfg: dict[str, Any], seed: int = 0,
-        progress=None) -> torch.Tensor:
-    """Fit every target in the batch (b, m, n) by Adam; return the fitted W_hat (b, m, n) in float64.
-
-    `method`: 'lora' (rank r) or 'abba' (r1 = r2 = r/2). Targets are scaled to unit RMS entries for the fit so
-    that one learning rate suits every matrix; the returned W_hat is scaled back. The batch members share
-    nothing but the loop: the loss is a sum and Adam is elementwise, so each fit is independent.
-    """
-    if method not in ("lora", "abba"):
-        raise ValueError(f"method must be 'lora' or 'abba', got {method!r}")
-    if rank <= 0 or (method == "abba" and rank % 2):
-        raise ValueError(f"rank must be a positive even number (ABBA uses r1 = r2 = rank/2), got {rank}")
-    rms = targets.double().pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
-    scaled = (targets / rms).float()
-    generator = torch.Generator().manual_seed(seed)
-    factors = [f.requires_grad_(True) for f in _init_factors(method, scaled, rank, fit_cfg, generator)]
-    steps = int(fit_cfg["steps"])
-    optimizer = torch.optim.Adam(factors, lr=float(fit_cfg["lr"]))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(fit_cfg["lr"]), total_steps=steps,
-                                                   pct_start=float(fit_cfg["warmup"]))
-    numel = scaled.shape[-2] * scaled.shape[-1]
-    for _ in range(steps):
-        loss = (scaled - _product(method, factors)).pow(2).sum() / numel  # sum over the batch of rel_error^2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if progress is not None:
-            progress.update(1)
-    with torch.no_grad():
-        return _product(method, [f.double() for f in factors]) * rms
-
-
-# ---------------------------------------------------------------------------------------------- experiment
 def settings(cfg, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The plain settings: with quick=true, `quick_settings` merged on top (lists are replaced), then the
     command-line `overrides` again, so that `quick=true output_dir=X ranks=[8]` means what it says."""
@@ -163,23 +55,36 @@ def settings(cfg, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def run(cfg, overrides: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Run the grid described by `cfg` (configs/reconstruct.yaml), write the CSV and the plot, return the rows."""
+    """Run the grid described by `cfg` (configs/reconstruct.yaml), write the CSV and the plot, return the rows.
+
+    Raises UsageError (a ValueError) for a bad grid, Refusal for an output_dir that is or lies under a file."""
     s = settings(cfg, overrides)
     rows_n, cols_n = (int(v) for v in s["size"])
     ranks = [int(r) for r in s["ranks"]]
     unknown = sorted(set(s["matrices"]) - set(MATRICES))
     if unknown or not s["matrices"]:
-        raise ValueError(f"matrices must be a non-empty subset of {MATRICES}, got {s['matrices']}")
+        raise UsageError(f"matrices must be a non-empty subset of {MATRICES}, got {s['matrices']}")
     bad = [r for r in ranks if r <= 0 or r % 2]
     if bad or not ranks:
-        raise ValueError(f"ranks must be positive even numbers (ABBA uses r1 = r2 = r/2), got {ranks}")
+        raise UsageError(f"ranks must be positive even numbers (ABBA uses r1 = r2 = r/2), got {ranks}")
+    out_dir = Path(s["output_dir"])
+    check_output_dir(out_dir)
     with torch_threads(s.get("threads")):
         results = _run_grid(s, rows_n, cols_n, ranks)
 
-    out_dir = Path(s["output_dir"])
     write_csv(results, out_dir / "reconstruction.csv")
     plot(results, out_dir / "reconstruction.png", title=grid_title(s), caption=grid_caption(s))
     return results
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Raise Refusal when `out_dir` is a file or lies under one: said at once, not after minutes of fitting."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = f"output_dir={out_dir}" + (f": {folder}" if folder != out_dir else "")
+                raise Refusal(f"{where} is a file, not a folder: pass a folder (one that is missing is created)")
+            return
 
 
 def _grid(s: dict[str, Any]) -> str:
@@ -272,57 +177,15 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str = "", caption: str = "") -> Path:
-    """reconstruction_figure saved to `path`."""
-    from .plots import pyplot, save_figure
-
-    fig = reconstruction_figure(rows, title, caption)
-    save_figure(fig, path)
-    pyplot().close(fig)
-    return path
-
-
-def reconstruction_figure(rows: list[dict[str, Any]], title: str = "", caption: str = ""):
-    """One panel per matrix: relative error against LoRA rank r (= parameters / (rows + cols)), a line per method;
-    `title` names the grid (grid_title), `caption` goes under the panels."""
-    from .plots import pyplot
-
-    plt = pyplot()
-    names = list(dict.fromkeys(r["matrix"] for r in rows))
-    style = {"abba": dict(marker="o", color="#d62728", label="ABBA (r1 = r2 = r/2), fitted"),
-             "lora": dict(marker="s", color="#1f77b4", label="LoRA (rank r), fitted"),
-             "lora_svd_optimal": dict(linestyle="--", color="black", label="LoRA optimum (truncated SVD)")}
-    cols = 2 if len(names) > 1 else 1
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(5 * cols, 3.6 * math.ceil(len(names) / cols)),
-                             squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        for method in METHODS:
-            points = sorted((r["rank"], r["rel_error"]) for r in rows if r["matrix"] == name and r["method"] == method)
-            if points:
-                ax.plot(*zip(*points), **style[method])
-        ax.set_title(name)
-        ax.set_xlabel("LoRA rank r  (parameters = r (rows + cols))")
-        ax.set_ylabel("relative error ||W - Ŵ||_F / ||W||_F")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if caption:
-        from .plots import add_caption
-
-        add_caption(fig, [caption], int(fig.get_figwidth() * 14))
-    return fig
-
-
 @hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="reconstruct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    _print_summary(run(cfg, list(HydraConfig.get().overrides.task)))
+    # Bad values (make_target's and fit's ValueErrors included) exit 2; an unwritable output_dir exits 1.
+    with one_line_errors(usage=(ValueError,), refusals=(Refusal, OSError),
+                         on_interrupt="interrupted: nothing was written (the CSV and figure come last): run the same "
+                                      "command again"):
+        _print_summary(run(cfg, list(HydraConfig.get().overrides.task)))
 
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:

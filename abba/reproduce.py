@@ -1,15 +1,19 @@
 """The job list behind scripts/reproduce.sh: which experiments × seeds make up a paper table, which of them
 are trained / evaluated already, and the estimated GPU hours.
 
-    python -m abba.reproduce table1 --print plan                 # what `reproduce.sh table1 --dry-run` prints
-    python -m abba.reproduce table2 --print experiments          # t2_* names, comma-separated (for the multirun)
-    python -m abba.reproduce table1 --print eval-todo trainer=zero2   # finished runs whose evaluation is missing
+    python -m abba.reproduce table1 print=plan                  # what `reproduce.sh table1 dry_run=true` prints
+    python -m abba.reproduce table2 print=experiments           # t2_* names, comma-separated (for the multirun)
+    python -m abba.reproduce table1 print=eval-todo trainer=zero2   # finished runs whose evaluation is missing
+
+Arguments: the table, then `key=value`: seeds=0,1,2, results_dir=results, print=plan (the defaults; print= also
+takes experiments, train-todo, eval-todo, merge-eval-script); every other `key=value` is a Hydra override of
+abba.train. (dry_run=true is scripts/reproduce.sh's own: it stops after the plan.)
 
 A table's experiments are configs/experiment/t1_*.yaml (table1) or t2_*.yaml (table2); each is composed with
-the given overrides (Hydra's compose API, as abba.train would) to learn its run folder and results folder:
-RUN = abba.layout.default_run_dir(...), results = <results_dir>/<experiment_name>/seed<k> (scripts/
-*_merge_eval.sh). Training is done when RUN/final/ exists; evaluation when RUN's results metrics.json holds
-every benchmark of the table.
+the given overrides (Hydra's compose API, as abba.train would) to learn its run folder and results folder, both
+from abba/layout.py: RUN = default_run_dir(...), RESULTS = results_folder(...) (where abba.merge_eval writes).
+Training is done when RUN/final/ exists (is_finished); evaluation when RESULTS/metrics.json scores every
+benchmark of the table on the whole test set (is_evaluated).
 
 A bad command line (an unknown key such as `trainer.per_device_train_batch_sizee=2`, a wrong value type, an
 environment variable such as `SEEDS=0` given as an argument, an unknown option) exits 2 with one line (abba/cli.py)
@@ -18,18 +22,14 @@ before anything runs: scripts/reproduce.sh stops there too.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UsageError, did_you_mean, fail, one_line_errors
-from .layout import REPO_ROOT
-from .layout import default_run_dir, is_finished, results_folder
+from .cli import Refusal, UsageError, did_you_mean, one_line_errors, parse_key_values
+from .layout import REPO_ROOT, default_run_dir, is_evaluated, is_finished, results_folder
 from .table_registry import PAPER_TABLES, table_benchmarks, table_experiments as paper_table_experiments
-from .layout import is_partial
 from .table_runs import method_key
 
 #: Table 10 of paper v4: training wall time (h:mm:ss) of LoRA and ABBA on one A6000 48 GB, per model.
@@ -38,12 +38,17 @@ PAPER_TRAIN_TIME = {"llama3_2_1b": ("2:42:17", "2:46:18"), "llama3_2_3b": ("6:05
 MERGE_EVAL_SCRIPT = {"table1": "scripts/cr_merge_eval.sh", "table2": "scripts/arithmetic_merge_eval.sh"}
 #: scripts/reproduce.sh's environment variables (read from the environment, never from its arguments).
 SCRIPT_ENV = ("SEEDS", "RESULTS_DIR", "EVAL_ARGS", "MERGE_ARGS")
-#: The options scripts/reproduce.sh and this module take; anything else starting with '-' is a typo.
-OPTIONS = ("--dry-run", "--seeds", "--results-dir", "--print")
+#: This module's options and their defaults; every other key=value is a Hydra override.
+OPTIONS = {"seeds": "0,1,2", "results_dir": "results", "print": "plan"}
+PRINTS = ("plan", "experiments", "train-todo", "eval-todo", "merge-eval-script")
+#: Every option a user may type: scripts/reproduce.sh's dry_run= and this module's (for did-you-mean hints).
+ALL_OPTIONS = ("dry_run", *OPTIONS)
+USAGE = "usage: bash scripts/reproduce.sh table1|table2|mini [dry_run=true] [hydra overrides...]"
 
 
 @dataclass
 class Job:
+    table: str
     experiment: str
     seed: int
     model: str
@@ -59,16 +64,8 @@ class Job:
 
     @property
     def evaluated(self) -> bool:
-        metrics = self.results_dir / "metrics.json"
-        if not metrics.is_file():
-            return False
-        try:
-            done = json.loads(metrics.read_text())
-        except json.JSONDecodeError:
-            return False
-        table = "table1" if self.experiment.startswith("t1_") else "table2"
         # A partial evaluation (eval.run limit=N) is not done: the next run evaluates every item.
-        return all(isinstance(done.get(b), dict) and not is_partial(done[b]) for b in table_benchmarks(table))
+        return is_evaluated(self.results_dir, table_benchmarks(self.table))
 
 
 def hours(hms: str) -> float:
@@ -90,7 +87,8 @@ def estimate_hours(model: str, method: str) -> tuple[float | None, str]:
 
 def table_experiments(table: str) -> list[str]:
     if table not in PAPER_TABLES:
-        raise SystemExit(f"error: unknown table {table!r}; tables: {', '.join(PAPER_TABLES)}")
+        raise UsageError(f"unknown table {table!r}{did_you_mean(table, PAPER_TABLES)}; tables: "
+                         f"{', '.join(PAPER_TABLES)}")
     return paper_table_experiments(table)
 
 
@@ -113,7 +111,7 @@ def plan(table: str, seeds: list[int], overrides: list[str], results_root: str =
                 task = [f"seed={seed}", *base]
                 run_dir = Path(resolved["output_dir"] or default_run_dir(resolved["paths"]["output_root"], name,
                                                                         seed, task))
-                jobs.append(Job(experiment, seed, model, method, run_dir,
+                jobs.append(Job(table, experiment, seed, model, method, run_dir,
                                 results_folder(results_root, run_dir, name, seed), est, source))
     return jobs
 
@@ -133,9 +131,31 @@ def print_plan(table: str, jobs: list[Job]) -> None:
           f"LoRA's time; evaluation not included)")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage + message over two lines -> one line, exit 2
-        fail(f"{message}; usage: bash scripts/reproduce.sh table1|table2|mini [--dry-run] [hydra overrides...]", 2)
+def parse_arguments(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """(table, this module's options over their defaults, the Hydra overrides) from the command line. Raises
+    UsageError for a missing or unknown table, an option given twice, or a bad print= value."""
+    if not argv or argv[0] not in PAPER_TABLES:
+        got = repr(argv[0]) + did_you_mean(argv[0], PAPER_TABLES) if argv else "nothing"
+        raise UsageError(f"first argument must be a table ({', '.join(PAPER_TABLES)}), got {got}; {USAGE}")
+    ours = [arg for arg in argv[1:] if arg.partition("=")[0] in OPTIONS]
+    keys = [arg.partition("=")[0] for arg in ours]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise UsageError(f"{', '.join(k + '=' for k in twice)} given twice (scripts/reproduce.sh passes seeds= from "
+                         f"SEEDS and results_dir= from RESULTS_DIR: set those instead)")
+    options = parse_key_values(ours, OPTIONS, USAGE)
+    if options["print"] not in PRINTS:
+        raise UsageError(f"print={options['print']} is not one of {', '.join(PRINTS)}"
+                         f"{did_you_mean(options['print'], PRINTS)}")
+    return argv[0], options, [arg for arg in argv[1:] if arg.partition("=")[0] not in OPTIONS]
+
+
+def _unknown_option(key: str) -> UsageError:
+    if key == "dry_run":
+        return UsageError("dry_run= is scripts/reproduce.sh's option (it stops after the plan); this module only "
+                          "prints: leave it out, print=plan is the dry run")
+    return UsageError(f"unknown option {key}{did_you_mean(key.lstrip('-').replace('-', '_'), ALL_OPTIONS)}; options: "
+                      f"{', '.join(k + '=...' for k in ALL_OPTIONS)}, then Hydra overrides of abba.train")
 
 
 def check_overrides(table: str, overrides: list[str]) -> None:
@@ -145,8 +165,7 @@ def check_overrides(table: str, overrides: list[str]) -> None:
 
     for arg in overrides:
         if arg.startswith("-"):
-            raise UsageError(f"unknown option {arg}{did_you_mean(arg.split('=')[0], OPTIONS)}; options: "
-                             f"{', '.join(OPTIONS)}")
+            raise _unknown_option(arg)
         key = arg.split("=", 1)[0]
         if "=" in arg and (key in SCRIPT_ENV or re.fullmatch(r"[A-Z][A-Z0-9_]*", key)):
             raise UsageError(f"{arg} is an environment variable of scripts/reproduce.sh, not an override: set it "
@@ -155,45 +174,46 @@ def check_overrides(table: str, overrides: list[str]) -> None:
     try:
         check_command_line(REPO_ROOT / "configs", "train", [f"experiment={experiments[0]}", "resume=true", *overrides])
     except CommandLineError as error:
+        for key in (arg.split("=", 1)[0].lstrip("+~") for arg in overrides):
+            if key in str(error) and did_you_mean(key, ALL_OPTIONS):  # a typo of an option, not of a config key
+                raise _unknown_option(key) from None
         raise UsageError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     with one_line_errors(on_interrupt="interrupted: nothing was started; run the same command again"):
-        _main(argv)
+        _main(sys.argv[1:] if argv is None else argv)
 
 
-def _main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    parser = _Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=sorted(PAPER_TABLES))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--print", dest="what", default="plan",
-                        choices=("plan", "experiments", "train-todo", "eval-todo", "merge-eval-script"))
-    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.what == "experiments":
-        print(",".join(table_experiments(args.table)))
+    table, options, overrides = parse_arguments(argv)
+    if options["print"] == "experiments":
+        print(",".join(table_experiments(table)))
         return
-    if args.what == "merge-eval-script":
-        print(MERGE_EVAL_SCRIPT[args.table])
+    if options["print"] == "merge-eval-script":
+        print(MERGE_EVAL_SCRIPT[table])
         return
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in options["seeds"].split(",")]
     except ValueError:
-        raise UsageError(f"seeds {args.seeds!r} (SEEDS or --seeds): expected integers separated by commas, e.g. 0,1,2") from None
-    check_overrides(args.table, overrides)
+        raise UsageError(f"seeds {options['seeds']!r} (SEEDS or seeds=): expected integers separated by commas, "
+                         f"e.g. 0,1,2") from None
+    if Path(options["results_dir"]).exists() and not Path(options["results_dir"]).is_dir():
+        raise Refusal(f"results_dir={options['results_dir']} is a file, not a folder: pass the results folder "
+                      f"(RESULTS_DIR of scripts/reproduce.sh)")
+    check_overrides(table, overrides)
     try:
-        jobs = plan(args.table, seeds, overrides, args.results_dir)
+        jobs = plan(table, seeds, overrides, options["results_dir"])
     except (HydraException, OmegaConfBaseException) as error:  # an override one of the table's experiments refuses
         raise UsageError(str(error).strip().splitlines()[0]) from None
-    if args.what == "plan":
-        print_plan(args.table, jobs)
+    if options["print"] == "plan":
+        print_plan(table, jobs)
     else:  # one run folder a line; nothing at all when there is none
-        todo = [j for j in jobs if (not j.trained if args.what == "train-todo" else j.trained and not j.evaluated)]
-        for job in todo:
+        train = options["print"] == "train-todo"
+        for job in (j for j in jobs if (not j.trained if train else j.trained and not j.evaluated)):
             print(job.run_dir)
 
 

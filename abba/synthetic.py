@@ -10,12 +10,12 @@ Problems are one- or two-step stories over small whole numbers; the splits are d
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
 
-from .files import write_text
+from .cli import Refusal, UsageError, one_line_errors, parse_key_values
+from .files import write_jsonl
 
 NAMES = ("Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Lena", "Omar")
 ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells")
@@ -92,23 +92,30 @@ def generate(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list
     return records[:n_train], records[n_train:]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+USAGE = "usage: python -m abba.synthetic [out_dir=DIR] [n_train=N] [n_test=N] [seed=N]"
 
 
 def main(argv: list[str] | None = None) -> None:
-    from omegaconf import OmegaConf
-
-    args = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-    unknown = set(args) - {"out_dir", "n_train", "n_test", "seed"}
-    if unknown:
-        print(f"error: unknown argument(s) {', '.join(sorted(unknown))}; use out_dir=, n_train=, n_test=, seed=",
-              file=sys.stderr)
-        sys.exit(2)
-    out_dir = Path(args.get("out_dir", "outputs/quickstart/data"))
-    train, test = generate(int(args.get("n_train", 2000)), int(args.get("n_test", 100)), int(args.get("seed", 0)))
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "test.jsonl", test)
+    """The command line: `train.jsonl` and `test.jsonl` under out_dir. A bad key or value (a count that is not a
+    whole number >= 0, more problems than can be drawn) is one `error:` line and exit 2, an out_dir that cannot
+    be written (a file, no permission) exit 1 (abba/cli.py)."""
+    options = {"out_dir": "outputs/quickstart/data", "n_train": "2000", "n_test": "100", "seed": "0"}
+    with one_line_errors(usage=(UsageError, ValueError), refusals=(Refusal,)):
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, options, USAGE)
+        numbers = {}
+        for key in ("n_train", "n_test", "seed"):
+            try:
+                numbers[key] = int(args[key])
+            except ValueError:
+                raise UsageError(f"{key}={args[key]}: expected a whole number; {USAGE}") from None
+        out_dir = Path(args["out_dir"])
+        train, test = generate(numbers["n_train"], numbers["n_test"], numbers["seed"])
+        try:
+            write_jsonl(out_dir / "train.jsonl", train)
+            write_jsonl(out_dir / "test.jsonl", test)
+        except OSError as error:
+            raise Refusal(f"cannot write under out_dir={out_dir} ({type(error).__name__}: {error.strerror or error})"
+                          ": pass a folder that can be written (it is created when missing)") from None
     print(f"synthetic arithmetic: {len(train)} train -> {out_dir / 'train.jsonl'}, "
           f"{len(test)} test -> {out_dir / 'test.jsonl'}")
 

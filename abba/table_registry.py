@@ -1,6 +1,6 @@
 """What a table is: the one registry of the tables, their experiments and rows, their benchmarks and column labels,
 and where the paper's numbers come from. Everything else (abba.tables and its table_* modules, abba.plots,
-abba.reproduce, abba.mini, eval.benchmarks, eval.merge_eval) imports these from here.
+abba.reproduce, abba.mini, abba.merge_eval, eval.benchmarks) imports these from here.
 
 - Tables: TABLE_ORDER (table1 and table2 are the paper's, PAPER_TABLES; `mini` is the CPU-sized run of Table 1's
   protocol; `other` holds runs whose config has `table: null`).

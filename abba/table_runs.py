@@ -94,7 +94,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def variant_of(metrics_path: Path) -> str:
-    """The results folder's components after `seed<k>`: a sweep member's overrides (eval.merge_eval keeps the run
+    """The results folder's components after `seed<k>`: a sweep member's overrides (abba.merge_eval keeps the run
     folder's name there), so two members of one sweep are two rows, never one mean."""
     parts = metrics_path.parent.parts
     seeds = [i for i, part in enumerate(parts) if re.fullmatch(r"seed\d+", part)]

@@ -20,7 +20,7 @@ its `model.name`. Without a usable config the experiment name t<N>_<model>_<meth
 A cell is our mean ± sample std (ddof 1) over seeds in %, then (paper; ours − paper). Avg: per seed, the mean
 over the table's benchmarks (seeds missing any benchmark are left out), then mean ± std over seeds.
 Missing numbers are "–" (empty in the CSV), never 0.
-A results folder below `seed<k>` (a sweep member: eval.merge_eval names it after the run folder) is its own
+A results folder below `seed<k>` (a sweep member: abba.merge_eval names it after the run folder) is its own
 row, labelled with that name, never averaged with the plain run. Two results folders that claim the same cell
 (table, model, method, sweep member, seed) are refused with one line. A benchmark evaluated with `limit`
 (metrics.json) is partial: its cells carry "†" and the table lists which runs and items.
@@ -123,42 +123,51 @@ def build_tables(results_dir: str | Path, output_dir: str | Path, reference: str
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command line: a bad argument exits 2, a missing or unreadable input 1, each with one line (abba/cli.py)."""
-    from omegaconf import OmegaConf
+USAGE = "usage: python -m abba.tables [results_dir=DIR] [output_dir=DIR] [reference=YAML] [plots=true|false] " \
+        "[tables=NAME,...]"
 
-    from .cli import UsageError, did_you_mean, one_line_errors, unknown_options
+
+def _table_names(value: str) -> tuple[str, ...]:
+    """`tables=table1,table2` (or [table1,table2]) as names; a usage error for one that is none of TABLE_ORDER."""
+    from .cli import UsageError, did_you_mean
+
+    text = value.strip()
+    names = tuple(n.strip() for n in text.strip("[]").split(",") if n.strip())
+    if not names or text.lower() in ("true", "false") or text.lstrip("+-").replace(".", "", 1).isdigit():
+        raise UsageError(f"tables={value or None} is not a list of tables; tables: {', '.join(TABLE_ORDER)}")
+    for name in names:  # checked here so that a misspelt table is a usage error (exit 2)
+        if name not in TABLE_ORDER:
+            raise UsageError(f"unknown table {name}{did_you_mean(name, TABLE_ORDER)}; tables: {', '.join(TABLE_ORDER)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line (key=value): a bad argument exits 2, a missing or unreadable input 1, each with one line
+    (abba/cli.py)."""
+    from .cli import UsageError, one_line_errors, parse_key_values
 
     with one_line_errors(refusals=(TablesError,), on_interrupt="interrupted: tables already written are complete "
                                                                "(each is written whole); run the same command again"):
-        try:
-            args = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-        except Exception as error:  # noqa: BLE001 - a malformed key=value: say which, in one line
-            raise UsageError(str(error).splitlines()[0]) from None
-        unknown_options(args, ("results_dir", "output_dir", "reference", "plots", "tables"),
-                        "use results_dir=, output_dir=, reference=, plots=, tables=")
-        for key in args:  # `key=` parses to None, `tables=1` to an int: each must be a non-empty string
-            if key not in ("plots", "tables") and not isinstance(args[key], str):
+        args = parse_key_values(sys.argv[1:] if argv is None else argv,
+                                {"results_dir": "results", "output_dir": None, "reference": str(DEFAULT_REFERENCE),
+                                 "plots": "true", "tables": ",".join(TABLE_ORDER)}, USAGE)
+        for key in ("results_dir", "output_dir", "reference"):
+            if args[key] == "":
                 raise UsageError(f"{key}= needs a value (a path)")
-        results_dir = args.get("results_dir", "results")
-        tables = args.get("tables", TABLE_ORDER)
-        if tables is None or isinstance(tables, (int, float, bool)):
-            raise UsageError(f"tables={tables} is not a list of tables; tables: {', '.join(TABLE_ORDER)}")
-        tables = tuple(tables.split(",")) if isinstance(tables, str) else tuple(str(t) for t in tables)
-        for name in tables:  # checked here so that a misspelt table is a usage error (exit 2)
-            if name not in TABLE_ORDER:
-                raise UsageError(f"unknown table {name}{did_you_mean(name, TABLE_ORDER)}; tables: "
-                                 f"{', '.join(TABLE_ORDER)}")
-        output_dir = Path(str(args.get("output_dir", f"{results_dir}/tables")))
+        if args["plots"].lower() not in ("true", "false", "1", "0"):
+            raise UsageError(f"plots={args['plots']}: expected true or false")
+        plots = args["plots"].lower() in ("true", "1")
+        tables = _table_names(args["tables"])
+        results_dir = args["results_dir"]
+        output_dir = Path(args["output_dir"] or f"{results_dir}/tables")
         if output_dir.exists() and not output_dir.is_dir():
             raise TablesError(f"output_dir={output_dir} is a file: pass a folder (it is created when missing)")
-        if not Path(str(results_dir)).is_dir():
+        if not Path(results_dir).is_dir():
             raise TablesError(f"results_dir={results_dir} does not exist: pass the folder the evaluations wrote "
                               f"(results/, or RESULTS_DIR of scripts/*_merge_eval.sh)")
-        written = build_tables(results_dir, args.get("output_dir", f"{results_dir}/tables"),
-                               args.get("reference", DEFAULT_REFERENCE), bool(args.get("plots", True)), tables)
+        written = build_tables(results_dir, output_dir, args["reference"], plots, tables)
     for name, path in written.items():
-        print(f"{name}: {path} (+ .tex .csv{' .png' if args.get('plots', True) else ''})")
+        print(f"{name}: {path} (+ .tex .csv{' .png' if plots else ''})")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
 * `AdapterTrainer` saves only the adapter for an `abba.ABBAModel`, through `ABBAModel.save_pretrained` (which
   gathers ZeRO-3 partitioned factors; adapter_config.json + adapter_model.safetensors; optimizer/scheduler/RNG
-  state come from the Trainer as usual) and restores it on
-  `resume_from_checkpoint`; under DeepSpeed its checkpoints leave the frozen base out, as they do for peft.
+  state come from the Trainer as usual) and restores it on `resume_from_checkpoint` through
+  `ABBAModel.load_adapter`; under DeepSpeed its checkpoints leave the frozen base out, as they do for peft.
   peft baselines and full fine-tuning use the Trainer's own save/load.
 * `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl.
-* `InterruptCallback` raises after a chosen checkpoint is written, to test resume=true.
+* `InterruptCallback` raises after a chosen checkpoint is written, to test resume=true (+debug.interrupt_at_step).
 """
 
 from __future__ import annotations
@@ -18,24 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from .config import WEIGHTS_NAME
 from .model import ABBAModel
 from .files import write_text
 
 TRAINING_ARGS_NAME = "training_args.bin"
-
-
-def load_abba_adapter_into(model: ABBAModel, adapter_dir: str | Path) -> None:
-    """Copy saved adapter tensors into an existing ABBAModel (same layers, same shapes)."""
-    saved = load_file(str(Path(adapter_dir) / WEIGHTS_NAME))
-    expected = model.adapter_state_dict()
-    if set(saved) != set(expected):
-        raise KeyError(f"checkpoint {adapter_dir} does not fit the model: "
-                       f"missing {sorted(set(expected) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(expected))[:3]}")
-    model.model.load_state_dict(saved, strict=False)
 
 
 @contextmanager
@@ -104,7 +92,7 @@ class AdapterTrainer(Trainer):
         model = model if model is not None else self.model
         if not isinstance(model, ABBAModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_abba_adapter_into(model, resume_from_checkpoint)
+        model.load_adapter(resume_from_checkpoint)  # ABBAModel's one load path (gathers under ZeRO-3)
 
 
 class MetricsCallback(TrainerCallback):
@@ -149,7 +137,7 @@ class InterruptCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
-            raise KeyboardInterrupt(f"interrupt_at_step={self.step}: stopping after checkpoint-{state.global_step}")
+            raise KeyboardInterrupt(f"debug.interrupt_at_step={self.step}: stopping after checkpoint-{state.global_step}")
 
 
 class WandbRunCallback(TrainerCallback):

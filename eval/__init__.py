@@ -5,6 +5,8 @@
     bash scripts/arithmetic_merge_eval.sh RUN_DIR...    (or cr_merge_eval.sh: merge + evaluate into results/)
 
 Layout: benchmarks/ (one spec per task: data, prompt, decoding, stop strings, scorer), scoring/ (answer
-extraction and equivalence, no model needed), backends/ (hf generate, vllm), samples.py (resumable JSONL),
-merge_eval.py (merge training runs and evaluate them into results/<experiment>/seed<k>/).
+extraction and equivalence, no model needed), backends/ (hf generate, vllm), samples.py (resumable JSONL).
+run.py (the entry point) with checks.py (the command line), resume.py (what a re-run keeps), nll.py and
+nll_pass.py (nll=true); rescore.py (score saved completions again).
+Merging training runs and evaluating them into results/<experiment>/seed<k>/ is abba/merge_eval.py.
 """

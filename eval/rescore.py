@@ -19,18 +19,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from abba.cli import Refusal, UsageError, one_line_errors, unknown_options
-from abba.files import write_text
+from abba.files import write_jsonl
 
 from .benchmarks import BENCHMARKS
-from .run import SCORING_OPTIONS, benchmark_names, load_config, score_record
+from .checks import benchmark_names
+from .run import load_config
+from .scoring import SCORING_OPTIONS, score_record, scoring_options
 
 USAGE = "usage: python -m eval.rescore benchmark=NAME input=FILE output=FILE2 [scoring options]"
 
 
 def default_options() -> dict:
     """The scoring options' defaults, from configs/eval.yaml."""
-    cfg = load_config()
-    return {k: cfg[k] for k in SCORING_OPTIONS}
+    return scoring_options(load_config())
 
 
 def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **options) -> float:
@@ -45,7 +46,7 @@ def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **o
         rescored = [score_record(scorer, record, options) for record in records]
     finally:
         scorer.close()
-    write_text(Path(output_path), "".join(json.dumps(r) + "\n" for r in rescored))
+    write_jsonl(output_path, rescored)
     return sum(bool(r["correct"]) for r in rescored) / len(rescored) if rescored else 0.0
 
 
@@ -64,6 +65,7 @@ def _check_benchmark(path: Path, records: list[dict], benchmark: str) -> None:
 
 
 def _read_records(path: Path) -> list[dict]:
+    """The samples file's records, line by line (not abba.files.read_jsonl) so that a refusal names the line."""
     if not path.is_file():
         raise Refusal(f"input={path} {'is a folder' if path.is_dir() else 'does not exist'}: pass a samples file "
                       f"that eval.run wrote (OUT/samples_<benchmark>.jsonl)")

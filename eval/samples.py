@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from abba.files import write_text
+from abba.files import append_jsonl, write_jsonl
 
 
 def read_samples(path: Path) -> dict[str, dict]:
-    """Records by id. A torn last line (a kill mid-write) is dropped and the file rewritten without it."""
+    """Records by id. A torn last line (a kill mid-write) is dropped and the file rewritten without it; any
+    other line that is not JSON raises ValueError. (Not abba.files.read_jsonl: that one has no torn-line rule.)"""
     if not path.is_file():
         return {}
     records: dict[str, dict] = {}
@@ -32,7 +33,7 @@ def read_samples(path: Path) -> dict[str, dict]:
             torn = True  # complete JSON but no newline: rewrite so the next append starts on a new line
         records[str(record["id"])] = record
     if torn:
-        write_text(path, "".join(json.dumps(r) + "\n" for r in records.values()))
+        write_jsonl(path, records.values())
     return records
 
 
@@ -44,8 +45,7 @@ class SampleWriter:
         self._file = open(path, "a")
 
     def append(self, records: list[dict]) -> None:
-        self._file.write("".join(json.dumps(r) + "\n" for r in records))
-        self._file.flush()
+        append_jsonl(self._file, records)
         os.fsync(self._file.fileno())
 
     def close(self) -> None:

@@ -47,5 +47,5 @@ if [ "$nnodes" -gt 1 ]; then
   rendezvous=(--nnodes "$nnodes" --node_rank "$NODE_RANK" --master_addr "${endpoint%:*}" --master_port "${endpoint##*:}")
 fi
 [ "$nproc" -ge 1 ] || die "NNODES=$nnodes with no GPU: set NPROC_PER_NODE (processes per node)"
-python -m abba.launch --world-size $((nnodes * nproc)) $experiment $trainer "$@"
+python -m abba.launch world_size=$((nnodes * nproc)) $experiment $trainer "$@"
 exec torchrun "${rendezvous[@]}" --nproc_per_node "$nproc" -m abba.train $experiment $trainer "$@"

@@ -4,9 +4,4 @@
 #   EVAL_ARGS="limit=100 backend=hf" KEEP_MERGED=1 bash scripts/arithmetic_merge_eval.sh outputs/smoke_arithmetic/seed0
 # Runs in the active Python environment, or the repository's .venv when none is active.
 # Env: EVAL_ARGS / MERGE_ARGS (extra key=value for eval.run / abba.merge), RESULTS_DIR (default results), KEEP_MERGED=1.
-set -euo pipefail
-REPO="$(cd "$(dirname "$0")/.." && pwd)"   # RUN_DIR arguments stay relative to the caller's directory
-[ -z "${VIRTUAL_ENV:-}" ] && [ -f "$REPO/.venv/bin/activate" ] && source "$REPO/.venv/bin/activate"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export RESULTS_DIR="${RESULTS_DIR:-$REPO/results}"
-exec python -m eval.merge_eval arithmetic "$@"
+exec bash "$(dirname "$0")/_merge_eval.sh" arithmetic "$@"

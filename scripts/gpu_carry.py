@@ -51,7 +51,7 @@ LIMIT = 64 * 1024 * 1024          # the device tool's limit on what one call sen
 RESERVE = 3 * 1024 * 1024         # kept free per call: the working tree grows (results/mini) between prepare and run
 MODEL_YAML = "configs/model/smollm2_135m.yaml"
 FORMAT = 1
-# The data abba.mini --size full reads (configs/data/commonsense4_local.yaml and the four test sets of mini.FOUR),
+# The data abba.mini size=full reads (configs/data/commonsense4_local.yaml and the four test sets of mini.FOUR),
 # relative to ABBA_DATA_DIR; the device gets them as call1/data.tar.gz (../shared/data does not travel).
 DATA_FILES = tuple(
     [f"commonsense/{b}/test.json" for b in ("ARC-Challenge", "ARC-Easy", "boolq", "openbookqa")]

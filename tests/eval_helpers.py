@@ -19,9 +19,10 @@ def write_run_config(run_dir: Path, experiment_name: str, seed: int, method: str
     (run_dir / "run_info.json").write_text('{"method": "%s", "seed": %d}\n' % (method, seed))
 
 
-def _finish_folder(final: Path, tokenizer) -> None:
+def _finish_folder(final: Path, tokenizer, seed: int) -> None:
+    """The tokenizer and abba_model.yaml (the base model's entry with the training seed), as training writes them."""
     tokenizer.save_pretrained(str(final))
-    (final / "abba_model.yaml").write_text(yaml.safe_dump(model_cfg("tiny_llama")))
+    (final / "abba_model.yaml").write_text(yaml.safe_dump({**model_cfg("tiny_llama"), "seed": seed}))
 
 
 def abba_run(run_dir: Path, tokenizer, seed: int = 3, nan: bool = False):
@@ -38,7 +39,7 @@ def abba_run(run_dir: Path, tokenizer, seed: int = 3, nan: bool = False):
         if nan:
             next(model.abba_layers())[1].abba_B2[0, 0] = float("nan")
     model.save_pretrained(run_dir / "final")
-    _finish_folder(run_dir / "final", tokenizer)
+    _finish_folder(run_dir / "final", tokenizer, seed)
     return model
 
 
@@ -54,7 +55,7 @@ def lora_run(run_dir: Path, tokenizer, seed: int = 5):
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     model.save_pretrained(str(run_dir / "final"))
-    _finish_folder(run_dir / "final", tokenizer)
+    _finish_folder(run_dir / "final", tokenizer, seed)
     return model
 
 

@@ -145,6 +145,30 @@ def test_smollm2_part_plumbing_on_the_tiny_model(tmp_path, excerpt_data, tokeniz
     assert sec["profile"]["ops_complete"] is True and "ops only abba_r8 runs: " in md  # its autograd functions
 
 
+@pytest.mark.parametrize("parts", ["[smollm2]", "[layer,model,smollm2]"])
+def test_missing_smollm2_data_is_refused_before_anything_runs(parts, tmp_path, monkeypatch):
+    """A data_dir without the smollm2 records: Refusal (exit 1 on the command line) before the GEMM peak, any
+    other part or the model load, and no report written."""
+    from hydra import compose, initialize_config_dir
+
+    from abba.bench import run as bench_run
+    from abba.cli import Refusal
+    from abba.layout import REPO_ROOT
+
+    def ran(*args, **kwargs):
+        raise AssertionError("measured before the refusal")
+
+    for name in ("gemm_peak_flops", "bench_model", "bench_layers", "run_smollm2"):
+        monkeypatch.setattr(bench_run, name, ran)
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("bench", overrides=[f"parts={parts}", "quick=true", f"out_dir={tmp_path / 'out'}",
+                                          f"smollm2.data_dir={tmp_path / 'none'}"])
+    first = yaml.safe_load((REPO_ROOT / "configs" / "bench.yaml").read_text())["smollm2"]["data_files"][0]
+    with pytest.raises(Refusal, match=f"{tmp_path / 'none' / first} not found"):
+        bench_run.run_benchmark(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cpu_peak_memory_traces_torch_allocations():
     def step():
         a = torch.empty(1000, 250)  # 1,000,000 bytes

@@ -260,11 +260,14 @@ def test_merge_command_line_failures(args, code, needle, models, tmp_path):
 # ---------------------------------------------------------------- scripts/reproduce.sh
 
 @pytest.mark.parametrize("args, needle", [
-    (["table2", "--dry-run", "trainer.per_device_train_batch_sizee=2"],
+    (["table2", "dry_run=true", "trainer.per_device_train_batch_sizee=2"],
      "did you mean: trainer.per_device_train_batch_size"),
-    (["table2", "SEEDS=0"], "SEEDS=0 bash scripts/reproduce.sh table2"),  # no --dry-run: nothing may start
-    (["table1", "--dryrun"], "did you mean: --dry-run"),
-    (["table1", "--dry-run", "peft.r1=abc"], "peft.r1=abc"),
+    (["table2", "SEEDS=0"], "SEEDS=0 bash scripts/reproduce.sh table2"),  # no dry_run=true: nothing may start
+    (["table1", "dryrun=true"], "did you mean: dry_run"),
+    (["table1", "dry_run=true", "peft.r1=abc"], "peft.r1=abc"),
+    (["table1", "--dry-run"], "did you mean: dry_run"),  # the old switch
+    (["table1", "dry_run=yes"], "use dry_run=true or dry_run=false"),
+    (["table1", "seeds=0"], "set those instead"),  # the script passes seeds= from SEEDS
 ])
 def test_reproduce_bad_command_line_is_one_line(args, needle, tmp_path):
     """59 lines (a Hydra traceback) for each of the issue's two examples before; nothing is trained or written."""
@@ -274,7 +277,7 @@ def test_reproduce_bad_command_line_is_one_line(args, needle, tmp_path):
 
 
 def test_reproduce_bad_seeds_is_one_line(tmp_path):
-    proc = run(["bash", str(REPO_ROOT / "scripts" / "reproduce.sh"), "table2", "--dry-run"], tmp_path, SEEDS="0,x")
+    proc = run(["bash", str(REPO_ROOT / "scripts" / "reproduce.sh"), "table2", "dry_run=true"], tmp_path, SEEDS="0,x")
     assert_one_line_error(proc, 2, "SEEDS")
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from eval.benchmarks import BENCHMARKS, load_items
-from eval.run import SimulatedInterrupt, evaluate, load_config
+from eval.resume import SimulatedInterrupt
+from eval.run import evaluate, load_config
 from conftest import EXCERPTS
 from eval_helpers import one_thread  # noqa: F401  (fixture)
 
@@ -137,7 +138,7 @@ def test_killed_nll_pass_resumes_and_scores_every_item_once(model_dir, excerpt_d
     out = tmp_path / "out"
     args = ("benchmark=boolq", "limit=10", "nll=true")
     with pytest.raises(SimulatedInterrupt):
-        evaluate(_config(model_dir, out, *args, "interrupt_after=4"))
+        evaluate(_config(model_dir, out, *args, "+debug.interrupt_after=4"))
     path = out / "nll_boolq.jsonl"
     first = _lines(path)
     assert len(first) == 4 and not (out / "metrics.json").exists()

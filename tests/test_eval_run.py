@@ -12,7 +12,8 @@ from abba.merge import merge
 from eval.backends.hf import HFBackend
 from eval.benchmarks import BENCHMARKS, DataMissingError, load_items, resolve
 from eval.rescore import main as rescore_main
-from eval.run import SimulatedInterrupt, evaluate, load_config
+from eval.resume import SimulatedInterrupt
+from eval.run import evaluate, load_config
 from conftest import EXCERPTS
 from eval_helpers import abba_run, one_thread  # noqa: F401  (fixture)
 
@@ -55,7 +56,7 @@ def _lines(path):
 def test_killed_evaluation_resumes_and_scores_every_item_once(merged_model, tmp_path, generated, one_thread):
     out = tmp_path / "out"
     with pytest.raises(SimulatedInterrupt):
-        evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12", "interrupt_after=4"))
+        evaluate(_config(merged_model, out, "benchmark=boolq", "limit=12", "+debug.interrupt_after=4"))
     samples = out / "samples_boolq.jsonl"
     first_ids = {r["id"] for r in _lines(samples)}
     assert len(first_ids) == 4 and not (out / "metrics.json").exists()
@@ -110,6 +111,22 @@ def test_benchmark_names_and_groups():
     assert len(resolve("commonsense")) == 8 and resolve(["gsm8k", "boolq"]) == ["gsm8k", "boolq"]
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'"):
         resolve("gsm9k")
+
+
+def test_the_interrupt_switch_is_a_debug_key_not_a_config_key():
+    """`+debug.interrupt_after=N` passes eval.run's command-line check and reaches the config; the old
+    `interrupt_after=N` is no key of configs/eval.yaml any more, so it is refused as one nothing reads."""
+    from omegaconf import OmegaConf
+
+    from abba.hydra_check import CommandLineError, check_command_line
+    from abba.layout import REPO_ROOT
+
+    fixed = ["benchmark=boolq", "model_path=M", "output_dir=O"]
+    check_command_line(REPO_ROOT / "configs", "eval", [*fixed, "+debug.interrupt_after=3"])
+    assert OmegaConf.select(load_config([*fixed, "+debug.interrupt_after=3"]), "debug.interrupt_after") == 3
+    assert OmegaConf.select(load_config(fixed), "debug.interrupt_after", default=None) is None
+    with pytest.raises(CommandLineError, match="interrupt_after"):
+        check_command_line(REPO_ROOT / "configs", "eval", [*fixed, "interrupt_after=3"])
 
 
 def test_stop_strings_end_a_sequence_and_are_cut(tokenizer):
@@ -294,7 +311,7 @@ def test_sampled_completions_do_not_depend_on_batch_size_or_resuming(merged_mode
 
     resumed = tmp_path / "resumed"
     with pytest.raises(SimulatedInterrupt):
-        run(resumed, "batch_size=4", "interrupt_after=3")  # killed after the first batch of 4
+        run(resumed, "batch_size=4", "+debug.interrupt_after=3")  # killed after the first batch of 4
     assert len(_lines(resumed / "samples_ARC-Easy.jsonl")) == 4
     assert run(resumed, "batch_size=4") == by_size[4]
 

@@ -91,3 +91,18 @@ def test_two_sweep_members_merged_and_evaluated_keep_their_own_results_and_rows(
         row = next(line for line in text.splitlines() if line.startswith(f"| ABBA r=16 ({out.name})"))
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         assert cells[2] == "1" and cells[3].startswith(f"{accuracy['gsm8k']:.2f}") and cells[3].endswith("†")
+
+
+@pytest.mark.parametrize("merge_args, needle", [
+    ("dtyp=bf16", "MERGE_ARGS: unknown option dtyp (did you mean: dtype)"),
+    ("seed=x", "MERGE_ARGS: seed=x is not an integer"),
+    ("output_dir=elsewhere", "MERGE_ARGS: output_dir=: set by abba.merge_eval for each run"),
+])
+def test_bad_merge_args_are_a_usage_error_before_any_merge(merge_args, needle, tmp_path):
+    """MERGE_ARGS are abba.merge's own key=value options, checked once before the first run is touched."""
+    env = dict(os.environ, RESULTS_DIR=str(tmp_path / "results"), MERGE_ARGS=merge_args, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "abba.merge_eval", "arithmetic", str(tmp_path / "run")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -100,7 +100,7 @@ def _tied_head_run(run_dir, tokenizer, kind: str, seed: int = 3):
             if "abba_" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     model.save_pretrained(str(run_dir / "final"))
-    _finish_folder(run_dir / "final", tokenizer)
+    _finish_folder(run_dir / "final", tokenizer, seed)
     return model
 
 
@@ -167,7 +167,7 @@ def test_tiny_update_lost_in_bf16_is_reported_and_warned_float32_keeps_it(tokeni
     W0 and the update 74% wrong, and the probe check could not see it."""
     import warnings
 
-    from abba.merge import UPDATE_LOSS_WARN, MergePrecisionWarning
+    from abba.merge_check import UPDATE_LOSS_WARN, MergePrecisionWarning
 
     updates = _float64_updates(_tiny_update_run(tmp_path / "run", tokenizer))
     with pytest.warns(MergePrecisionWarning, match="dtype=float32"):
@@ -194,3 +194,23 @@ def test_tiny_update_lost_in_bf16_is_reported_and_warned_float32_keeps_it(tokeni
         error = ((saved[name].double() - w0 - dw).norm() / dw.norm()).item()
         assert saved[name].dtype == torch.float32 and error < 1e-3
         assert survival["layers"][name] == {"relative_error": 0.0, "unchanged_fraction": 0.0}
+
+
+def test_seed_comes_from_the_input_folder_never_its_parent(tokenizer, tmp_path):
+    """The random-init base is rebuilt with abba_model.yaml's seed (then the ABBA config's, else 0); RUN/config.yaml
+    above the input folder is not read."""
+    import yaml
+
+    from abba.merge import run_seed
+
+    lora_run(tmp_path / "run", tokenizer, seed=5)
+    final = tmp_path / "run" / "final"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"seed": 9}))  # a parent that would mislead
+    assert merge(final, tmp_path / "merged")["random_init_seed"] == 5
+    entry = yaml.safe_load((final / "abba_model.yaml").read_text())
+    (final / "abba_model.yaml").write_text(yaml.safe_dump({k: v for k, v in entry.items() if k != "seed"}))
+    assert run_seed(final, "peft") == 0
+    abba_run(tmp_path / "abba", tokenizer, seed=4)
+    entry = yaml.safe_load((tmp_path / "abba" / "final" / "abba_model.yaml").read_text())
+    (tmp_path / "abba" / "final" / "abba_model.yaml").write_text(yaml.safe_dump({**entry, "seed": None}))
+    assert run_seed(tmp_path / "abba" / "final", "abba") == 4  # the ABBA adapter config's seed

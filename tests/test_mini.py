@@ -1,6 +1,6 @@
 """The mini reproduction (abba/mini.py, configs/experiment/m1_smollm2_*.yaml): every method at LoRA r = 16's
 parameter budget on SmolLM2-135M's architecture, the held-out slice disjoint from the training sample, the sweep's
-choice by held-out NLL, and the plan `reproduce.sh mini --dry-run` prints."""
+choice by held-out NLL, and the plan `reproduce.sh mini dry_run=true` prints."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_lora_16_budget_worked_out_by_hand():
 def test_every_method_has_lora_r16s_parameters(method):
     from transformers import AutoModelForCausalLM
 
-    from abba.methods import apply_method, parameter_counts
+    from abba.methods import apply_method
+    from abba.model import parameter_counts
     from abba.base_model import architecture_config
 
     cfg = _compose(f"experiment=m1_smollm2_{method}")
@@ -92,22 +93,22 @@ def _fake_run(run_dir: Path, heldout_nll: float) -> None:
 
 
 def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path, monkeypatch):
-    from abba import mini
+    from abba import mini, mini_plan
 
-    size = mini.Size("t", ("abba", "lora"), {"abba": (0, 1)}, (("ARC-Easy", 5),), str(tmp_path / "out"),
-                     str(tmp_path / "results"))
-    jobs = mini.sweep_jobs("lora", size)
-    assert [j.overrides for j in jobs] == [(f"peft.lr={lr}",) for lr in mini.LR_GRID]
-    assert mini.select("lora", size) is None  # nothing trained yet
+    size = mini_plan.Size("t", ("abba", "lora"), {"abba": (0, 1)}, (("ARC-Easy", 5),), str(tmp_path / "out"),
+                          str(tmp_path / "results"))
+    jobs = mini_plan.sweep_jobs("lora", size)
+    assert [j.overrides for j in jobs] == [(f"peft.lr={lr}",) for lr in mini_plan.LR_GRID]
+    assert mini_plan.select("lora", size) is None  # nothing trained yet
     for job, nll in zip(jobs, (0.9, 0.4, 0.7)[:len(jobs)]):
         _fake_run(job.run_dir, nll)
-    assert mini.select("lora", size) == jobs[1].overrides
+    assert mini_plan.select("lora", size) == jobs[1].overrides
     # The final seed-0 run of the chosen setting is the sweep's run itself (same run folder), not a new one.
-    finals = [j for j in mini.plan(size) if j.method == "lora" and j.final]
+    finals = [j for j in mini_plan.plan(size) if j.method == "lora" and j.final]
     assert [j.seed for j in finals] == [0] and finals[0].run_dir == jobs[1].run_dir and finals[0].trained
-    abba = mini.sweep_jobs("abba", size)
-    assert len(abba) == len(mini.LR_GRID) * 2 and all(any(o.startswith("peft.alpha=") for o in j.overrides) for j in abba)
-    mini.write_selection(size)
+    abba = mini_plan.sweep_jobs("abba", size)
+    assert len(abba) == len(mini_plan.LR_GRID) * 2 and all(any(o.startswith("peft.alpha=") for o in j.overrides) for j in abba)
+    mini_plan.write_selection(size)
     record = json.loads((tmp_path / "results" / "selection.json").read_text())
     assert record["lora"]["overrides"] == list(jobs[1].overrides) and "abba" not in record
     # A later session has the committed records under results/ but not the run folders under outputs/.
@@ -117,8 +118,8 @@ def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path, monkeypatch):
         job.keep_record()
     shutil.rmtree(tmp_path / "out")
     assert [j.heldout_nll for j in jobs] == [0.9, 0.4, 0.7][:len(jobs)]
-    assert mini.select("lora", size) == jobs[1].overrides
-    final = next(j for j in mini.plan(size) if j.method == "lora" and j.final)
+    assert mini_plan.select("lora", size) == jobs[1].overrides
+    final = next(j for j in mini_plan.plan(size) if j.method == "lora" and j.final)
     assert not final.trained  # its adapter is gone ...
     calls = []
     monkeypatch.setattr(mini, "_run", calls.append)
@@ -135,7 +136,7 @@ def test_the_sweep_chooses_the_lowest_heldout_nll(tmp_path, monkeypatch):
 
 
 def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "abba.mini", "--dry-run"], cwd=REPO_ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "abba.mini", "dry_run=true"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -144,12 +145,41 @@ def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):
     assert len(sweeps) == len(mini_grid_sizes()) and len(finals) == 3 + 3 + 5
     assert any(line.startswith("base (untuned)") for line in lines)
     assert "ARC-Challenge (300 items), ARC-Easy (300 items), boolq (300 items), openbookqa (all items)" in lines[-1]
-    bad = subprocess.run(["bash", "scripts/reproduce.sh", "mini", "--methods", "nope"], cwd=REPO_ROOT,
+    bad = subprocess.run(["bash", "scripts/reproduce.sh", "mini", "methods=nope"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown method(s) nope" in bad.stderr.strip().splitlines()[-1]
 
 
-def mini_grid_sizes() -> list:
-    from abba import mini
+def test_reproduce_sh_mini_is_abba_mini():
+    """`reproduce.sh mini dry_run=true` (the README's command) passes its arguments to abba.mini: the same plan."""
+    direct = subprocess.run([sys.executable, "-m", "abba.mini", "dry_run=true", "methods=lora"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    script = subprocess.run(["bash", "scripts/reproduce.sh", "mini", "dry_run=true", "methods=lora"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert direct.returncode == script.returncode == 0, script.stderr
+    assert script.stdout == direct.stdout and "final m1_smollm2_lora seed=2" in script.stdout
 
-    return [p for m in mini.METHODS for p in mini.grid(m)]
+
+def test_a_result_is_evaluated_once_every_benchmark_has_an_nll(tmp_path):
+    """mini's done-check (abba.layout.is_evaluated, NLL required, a seeded subset enough), on hand-written files."""
+    from abba.mini_plan import Size, evaluated
+
+    size = Size("t", ("lora",), {}, (("ARC-Easy", 5), ("boolq", None)), str(tmp_path / "o"), str(tmp_path / "r"))
+    cases = {"missing": None,
+             "subset with NLLs": {"ARC-Easy": {"accuracy": 0.5, "nll": 0.3, "limit": 5, "n": 5},
+                                  "boolq": {"accuracy": 0.6, "nll": 0.2}},
+             "one without NLL": {"ARC-Easy": {"accuracy": 0.5, "nll": 0.3}, "boolq": {"accuracy": 0.6}},
+             "one benchmark": {"ARC-Easy": {"accuracy": 0.5, "nll": 0.3}}}
+    done = {}
+    for name, metrics in cases.items():
+        (tmp_path / name).mkdir()
+        if metrics is not None:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        done[name] = evaluated(tmp_path / name, size)
+    assert done == {"missing": False, "subset with NLLs": True, "one without NLL": False, "one benchmark": False}
+
+
+def mini_grid_sizes() -> list:
+    from abba import mini_plan
+
+    return [p for m in mini_plan.METHODS for p in mini_plan.grid(m)]

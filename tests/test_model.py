@@ -284,3 +284,50 @@ def test_every_kind_of_shared_weight_is_untied_on_merge(targets):
         torch.testing.assert_close(got_adapter.double(), e, rtol=0, atol=1e-5, msg=f"adapter, path {n}")
         torch.testing.assert_close(got_merged.double(), e, rtol=0, atol=1e-5, msg=f"merged, path {n}")
     assert torch.equal(net.c.weight.double(), w0)
+
+
+def test_load_adapter_overwrites_the_adapter_in_place_and_casts_to_its_dtype(tmp_path):
+    trained = randomized_abba()
+    trained.save_pretrained(tmp_path)
+    model = get_abba_model(tiny_model(), ABBAConfig(r1=2, r2=3, alpha=4, seed=5))  # another init, B2 = 0
+    assert (logits(model) - logits(trained)).abs().max() > 1e-3
+    factors = {n: p for n, p in model.named_parameters() if "abba_" in n}
+    model.load_adapter(tmp_path)
+    assert {n: p for n, p in model.named_parameters() if "abba_" in n} == factors  # the same tensors, refilled
+    assert torch.equal(logits(model), logits(trained))
+    half = get_abba_model(tiny_model(dtype=torch.bfloat16), ABBAConfig(r1=2, r2=3, alpha=4, adapter_dtype="base"))
+    half.load_adapter(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    for name, value in half.adapter_state_dict().items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, saved[name].to(torch.bfloat16)), name
+
+
+def test_load_adapter_refuses_what_does_not_fit_and_leaves_the_model_as_it_was(tmp_path):
+    randomized_abba().save_pretrained(tmp_path)
+    model = get_abba_model(tiny_model(), ABBAConfig(r1=4, r2=4, alpha=4))  # other ranks: other shapes
+    before = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    with pytest.raises(ValueError, match="mismatched shapes"):
+        model.load_adapter(tmp_path)
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        model.load_adapter(tmp_path / "missing")
+    only_q = get_abba_model(tiny_model(), ABBAConfig(r1=2, r2=3, alpha=4, target_modules=["q_proj"]))
+    with pytest.raises(KeyError, match="unexpected keys"):
+        only_q.load_adapter(tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in model.adapter_state_dict().items())
+
+
+def test_parameter_counts_count_shared_tensors_once_and_partitioned_ones_at_full_size():
+    from abba.model import parameter_counts
+
+    base = tiny_model()  # tiny_llama ties lm_head to embed_tokens: 512 x 64 counted once
+    # embeddings + 2 layers (q,o 64x64; k,v 32x64; gate,up,down 128x64; 2 norms of 64) + final norm
+    total = 512 * 64 + 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64 + 2 * 64) + 64
+    assert parameter_counts(base) == (total, total)
+    model = get_abba_model(base, ABBAConfig(r1=2, r2=3))
+    adapter = 2 * 5 * (128 + 96 + 96 + 128 + 192 + 192 + 192)  # (r1 + r2)(d_out + d_in) per layer
+    assert parameter_counts(model) == model.trainable_parameter_count() == (adapter, total + adapter)
+    layer = next(model.abba_layers())[1]
+    full = layer.abba_B2.numel()
+    layer.abba_B2 = nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves on a rank: an empty tensor and ds_numel
+    layer.abba_B2.ds_numel = full
+    assert parameter_counts(model) == (adapter, total + adapter)

@@ -15,7 +15,10 @@ import pytest
 import yaml
 from matplotlib.container import BarContainer, ErrorbarContainer
 
+import abba.figures
+import abba.loss_curves
 import abba.plots
+import abba.reconstruct_plot
 from abba.table_registry import paper_reference
 from abba.tables import build_tables
 
@@ -26,15 +29,16 @@ N_ITEMS = 100
 
 @pytest.fixture()
 def saved(monkeypatch):
-    """Every Figure handed to abba.plots.save_figure, kept for inspection (the PNGs are still written)."""
+    """Every Figure handed to abba.figures.save_figure, kept for inspection (the PNGs are still written)."""
     figures = {}
-    real = abba.plots.save_figure
+    real = abba.figures.save_figure
 
     def keep(fig, path):
         figures[Path(path).name] = fig
         real(fig, path)
 
-    monkeypatch.setattr(abba.plots, "save_figure", keep)
+    for module in (abba.plots, abba.loss_curves, abba.reconstruct_plot):  # each module that saves figures
+        monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
@@ -229,7 +233,7 @@ def test_loss_curve_names_model_data_steps_and_parameters(tmp_path, saved):
     second = write_training_run(tmp_path / "lora", "arc_easy", 512, 32, 4884480)
     first.joinpath("run_info.json").write_text(json.dumps({"n_train_examples": 512, "global_step": 32,
                                                            "trainable_params": 1234, "finished": True}))
-    abba.plots.loss_curve({"ABBA": first, "LoRA": second / "metrics.jsonl"}, tmp_path / "loss_curve.png")
+    abba.loss_curves.loss_curve({"ABBA": first, "LoRA": second / "metrics.jsonl"}, tmp_path / "loss_curve.png")
     (ax,) = saved["loss_curve.png"].axes
     title = ax.get_title()
     assert "SmolLM2-135M-Instruct" in title and "arc_easy" in title and "512 training examples" in title
@@ -241,12 +245,29 @@ def test_loss_curve_names_model_data_steps_and_parameters(tmp_path, saved):
 def test_loss_curve_runs_on_other_data_say_so_in_the_legend(tmp_path, saved):
     a = write_training_run(tmp_path / "a", "arc_easy", 512, 32, 10)
     b = write_training_run(tmp_path / "b", "commonsense4", 1024, 64, 10)
-    abba.plots.loss_curve({"A": a, "B": b}, tmp_path / "loss_curve.png")
+    abba.loss_curves.loss_curve({"A": a, "B": b}, tmp_path / "loss_curve.png")
     (ax,) = saved["loss_curve.png"].axes
     assert "SmolLM2-135M-Instruct" in ax.get_title() and "arc_easy" not in ax.get_title()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["A: 10 trainable params, 32 steps, arc_easy (512 training examples)",
                       "B: 10 trainable params, 64 steps, commonsense4 (1,024 training examples)"]
+
+
+def test_loss_curve_command_line(tmp_path, capsys):
+    """`python -m abba.plots loss_curve out=PNG LABEL=RUN ...` (key=value, abba/cli.py): one `error:` line, exit
+    2 for a bad command line, 1 for a run without metrics.jsonl; otherwise the PNG."""
+    run = write_training_run(tmp_path / "abba", "arc_easy", 16, 4, 10)
+    cases = [([], 2, "name the figure to draw, loss_curve"), (["loss_curve", "ABBA"], 2, "'ABBA' is not key=value"),
+             (["loss_curve", f"out={tmp_path / 'x.png'}"], 2, "no run given"), (["loss_curve", "ABBA="], 2,
+             "ABBA= needs a run folder"), (["loss_curve", f"A={tmp_path / 'none'}"], 1, "no metrics.jsonl for A")]
+    for argv, code, says in cases:
+        with pytest.raises(SystemExit) as stop:
+            abba.plots.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == code and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    abba.plots.main(["loss_curve", f"out={tmp_path / 'loss.png'}", f"ABBA={run}"])
+    assert capsys.readouterr().out == f"loss curve: {tmp_path / 'loss.png'}\n"
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "x.png").exists()
 
 
 # ------------------------------------------------------------------------------------------ reconstruction

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from abba.plots import read_losses
+from abba.loss_curves import read_losses
 from abba.synthetic import generate, main as synthetic_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,17 @@ def test_synthetic_files_read_by_the_gsm8k_scorer(tmp_path):
     assert len(rows) == 5 and all(set(r) == {"question", "answer"} for r in rows)
     assert [gold_answer(r["answer"]) for r in rows] == [r["answer"].rsplit("#### ", 1)[1] for r in rows]
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 20
+
+
+@pytest.mark.parametrize("argv, says", [(["n_tran=3"], "unknown option n_tran (did you mean: n_train)"),
+                                        (["n_train=x"], "n_train=x: expected a whole number"),
+                                        (["n_test=-1"], "n_train and n_test must be >= 0")])
+def test_synthetic_bad_command_line_is_one_line_and_exit_2(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        synthetic_main([f"out_dir={tmp_path}", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def _fresh_copy(dest: Path) -> None:

@@ -66,7 +66,7 @@ COVERAGE: dict[str, list[str]] = {
     r"((SEEDS|RESULTS_DIR|EVAL_ARGS)=\S+ )*bash scripts/reproduce\.sh table[12]" + ARGS:
         ["tests/test_reproduce.py::test_dry_run_lists_the_paper_rows_times_three_seeds",
          "tests/test_reproduce.py::test_rerun_skips_finished_training_and_evaluation"],
-    r"bash scripts/reproduce\.sh mini( --dry-run)?": ["tests/test_mini.py::test_dry_run_lists_the_plan_and_runs_nothing",
+    r"bash scripts/reproduce\.sh mini( dry_run=true)?": ["tests/test_mini.py::test_dry_run_lists_the_plan_and_runs_nothing",
                                                       "tests/test_mini.py::test_the_sweep_chooses_the_lowest_heldout_nll"],
     # smaller experiments and tools
     r"python -m abba\.reconstruct" + ARGS: ["tests/test_reconstruct.py::test_cli_entry_point"],

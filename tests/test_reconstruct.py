@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from abba.reconstruct import fit, make_target, relative_error, settings, torch_threads
+from abba.reconstruct import settings, torch_threads
+from abba.reconstruct_fit import fit, make_target, relative_error
 
 
 def truncated_svd_error(W: torch.Tensor, rank: int) -> float:
@@ -98,6 +99,22 @@ def test_bad_grid_is_refused(tmp_path):
         run(_compose(f"output_dir={tmp_path}", "ranks=[3]"))
     with pytest.raises(ValueError, match="matrices"):
         run(_compose(f"output_dir={tmp_path}", "matrices=[diagonal]"))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_fitting(tmp_path, monkeypatch):
+    """A file where the folder should be, or above it: Refusal (exit 1 on the command line), nothing fitted."""
+    import abba.reconstruct
+    from abba.cli import Refusal
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the refusal")
+
+    monkeypatch.setattr(abba.reconstruct, "_run_grid", no_fit)
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(Refusal, match=f"{tmp_path / 'file'} is a file, not a folder"):
+            abba.reconstruct.run(_compose(f"output_dir={out}"))
+    assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
 def test_cli_entry_point(tmp_path):

@@ -28,7 +28,7 @@ TABLE10 = {"llama3_2_1b": (2 * 3600 + 42 * 60 + 17, 2 * 3600 + 46 * 60 + 18),
 
 def dry_run(table: str, tmp_path: Path, *overrides: str) -> str:
     env = {**os.environ, "RESULTS_DIR": str(tmp_path / "results")}
-    proc = subprocess.run(["bash", "scripts/reproduce.sh", table, "--dry-run", f"paths.output_root={tmp_path / 'out'}",
+    proc = subprocess.run(["bash", "scripts/reproduce.sh", table, "dry_run=true", f"paths.output_root={tmp_path / 'out'}",
                            *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -102,6 +102,32 @@ def test_a_partial_evaluation_is_done_again_and_sweep_members_have_own_results(t
 
 
 def test_bad_table_is_a_one_line_error():
-    proc = subprocess.run(["bash", "scripts/reproduce.sh", "table3", "--dry-run"], cwd=REPO_ROOT,
+    proc = subprocess.run(["bash", "scripts/reproduce.sh", "table3", "dry_run=true"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "table1, table2 or mini" in proc.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["table3"], "first argument must be a table (table1, table2), got 'table3' (did you mean: "),
+    (["table1", "print=plna"], "print=plna is not one of plan, experiments"),
+    (["table1", "results_dir=a", "results_dir=b"], "results_dir= given twice"),
+    (["table1", "seeds=0,x"], "expected integers separated by commas"),
+])
+def test_module_command_line_is_key_value(argv, needle, capsys):
+    """python -m abba.reproduce TABLE key=value...: a bad table, option value or a repeated option is a usage error
+    (exit 2, one line) before anything is composed."""
+    from abba.reproduce import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_module_prints_experiments_and_script_with_key_value_options(capsys):
+    from abba.reproduce import main
+    from abba.table_registry import table_experiments
+
+    main(["table2", "print=experiments", "seeds=0"])
+    main(["table1", "print=merge-eval-script"])
+    assert capsys.readouterr().out.splitlines() == [",".join(table_experiments("table2")), "scripts/cr_merge_eval.sh"]

@@ -177,18 +177,32 @@ def test_launcher_checks(monkeypatch):
     check_launch(CONFIGS, "train", local + ["hydra.launcher.gpus_per_node=2"])
 
 
+@pytest.mark.parametrize("argv, says", [(["experiment=smoke_arithmetic"], "world_size= is missing"),
+                                        (["world_size=two"], "world_size=two is not a number of processes"),
+                                        (["world_size=0"], "world_size=0 is not a number of processes")])
+def test_launch_check_needs_a_world_size(argv, says, capsys):
+    """`python -m abba.launch world_size=N OVERRIDES` (scripts/_launch.sh): a missing or bad world size is one
+    line and exit 2, before any config is composed."""
+    from abba.launch import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {says}"), err
+
+
 def test_abba_train_refuses_the_world_size_torchrun_gives_it(monkeypatch):
     """The same refusal inside abba.train (each torchrun process), before anything is written or loaded."""
     from train_helpers import compose_train
 
-    from abba.train import TrainConfigError, _validate
+    from abba.train_config import TrainConfigError, validate
 
     cfg = compose_train("experiment=t1_llama3_2_1b_abba_r32")
     monkeypatch.setenv("WORLD_SIZE", "8")
-    _validate(cfg)  # 8 divides 24
+    validate(cfg)  # 8 divides 24
     monkeypatch.setenv("WORLD_SIZE", "16")
     with pytest.raises(TrainConfigError, match=r"^world size 16 does not divide trainer.gradient_accumulation_steps=24"):
-        _validate(cfg)
+        validate(cfg)
 
 
 def test_launch_script_errors_are_one_line_before_torchrun(excerpt_data, tmp_path):

@@ -177,6 +177,7 @@ def test_cli_bad_argument_is_one_line_error(tmp_path):
     (["output_dir="], 2, "output_dir= needs a value"),
     (["results_dir="], 2, "results_dir= needs a value"),
     (["output_dir=FILE"], 1, "is a file: pass a folder"),
+    (["plots=maybe"], 2, "plots=maybe: expected true or false"),
 ])
 def test_cli_empty_or_wrong_values_are_one_line(tmp_path, args, code, says):
     (tmp_path / "FILE").write_text("")

@@ -19,7 +19,7 @@ def test_baseline_trains_and_reloads(method, excerpt_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from abba.train import fit
+    from abba.train import train
 
     run_dir = tmp_path / "run"
     overrides = ["experiment=smoke_commonsense", f"peft={method}", "trainer.max_steps=2", "data.subset_size=16",
@@ -27,7 +27,7 @@ def test_baseline_trains_and_reloads(method, excerpt_data, tmp_path):
     if method != "full":
         overrides.append("peft.r=4")
     with single_thread():
-        loss, model = fit(compose_train(*overrides))
+        loss, model = train(compose_train(*overrides))
     assert loss == loss  # finite number, not NaN
     if method == "full":
         reloaded = AutoModelForCausalLM.from_pretrained(run_dir / "final")

@@ -108,7 +108,8 @@ def test_paper_rows_carry_the_papers_hyperparameters(name, setup, abba):
 def test_paper_rows_have_the_papers_parameter_counts(name, millions):
     from transformers import AutoModelForCausalLM
 
-    from abba.methods import apply_method, parameter_counts
+    from abba.methods import apply_method
+    from abba.model import parameter_counts
     from abba.base_model import architecture_config
 
     cfg = _compose(f"experiment={name}")
@@ -182,7 +183,7 @@ def test_activation_checkpointing_reaches_the_trainer(tmp_path, on):
 
     from transformers import TrainingArguments
 
-    from abba.train import training_arguments
+    from abba.trainer_build import training_arguments
 
     cfg = _compose("experiment=smoke_arithmetic", f"trainer.activation_checkpointing={str(on).lower()}")
     args = training_arguments(cfg, tmp_path)

@@ -46,7 +46,7 @@ def test_zero2_two_processes(excerpt_data, tmp_path):
     then resumed from it to the end."""
     run_dir = tmp_path / "run"
     args = SHORT + ["trainer=zero2", f"output_dir={run_dir}"]
-    crashed = run_train(args + ["interrupt_at_step=6"], excerpt_data, tmp_path, nproc=2)
+    crashed = run_train(args + ["+debug.interrupt_at_step=6"], excerpt_data, tmp_path, nproc=2)
     assert crashed.returncode != 0 and not (run_dir / "final").exists()
     states = sorted((run_dir / "checkpoint-6").glob("global_step6/*model_states.pt"))
     assert states, sorted(p.name for p in (run_dir / "checkpoint-6").rglob("*"))
@@ -66,7 +66,7 @@ def test_zero3_two_processes_initialises_like_one_process(excerpt_data, tmp_path
     run_dir = tmp_path / "run"
     key = "trainer.deepspeed.zero_optimization.stage3_param_persistence_threshold"
     extra = [] if threshold is None else [f"{key}={threshold}"]
-    result = run_train(SHORT + ["trainer=zero3", "dump_init_adapter=true", f"output_dir={run_dir}", *extra],
+    result = run_train(SHORT + ["trainer=zero3", "+debug.dump_init_adapter=true", f"output_dir={run_dir}", *extra],
                        excerpt_data, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     initial = load_file(str(run_dir / "init_adapter" / "adapter_model.safetensors"))
@@ -132,3 +132,29 @@ def test_save_pretrained_refuses_partitioned_factors_without_a_process_group(tmp
     with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3") as error:
         model.save_pretrained(tmp_path / "adapter")
     assert len(str(error.value).splitlines()) == 1 and not (tmp_path / "adapter").exists()
+
+
+def test_load_adapter_fills_a_zero3_partitioned_adapter(tmp_path):
+    """ABBAModel.load_adapter (the trainer's resume path) on a ZeRO-3-partitioned model: the factors it holds
+    afterwards, gathered again by save_pretrained, are exactly the saved ones."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("zero3_load_adapter.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(script.parents[1]))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                             "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "partitioned.txt").read_text() == "True"  # the adapter really was partitioned
+    expected = load_file(str(tmp_path / "source" / "adapter_model.safetensors"))
+    loaded = load_file(str(tmp_path / "loaded" / "adapter_model.safetensors"))
+    assert set(loaded) == set(expected) and max(v.abs().max() for v in expected.values()) > 0
+    for key in expected:
+        assert torch.equal(loaded[key], expected[key]), key

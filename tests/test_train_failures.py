@@ -232,14 +232,14 @@ def test_ctrl_c_says_how_to_continue(excerpt_data, tmp_path):
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from abba.data.hub_commonsense import _replace_atomic
-    from abba.plots import pyplot, save_figure
-    from abba.files import write_text
+    from abba.figures import pyplot, save_figure
+    from abba.files import atomic_path, write_text
 
     old = os.umask(0o022)
     try:
         write_text(tmp_path / "a.json", json.dumps({"x": 1}))
-        _replace_atomic(tmp_path / "b.json", lambda p: p.write_text("[]"))
+        with atomic_path(tmp_path / "b.json") as tmp:  # abba.data.hub_commonsense's writer
+            tmp.write_text("[]")
         fig = pyplot().figure()
         save_figure(fig, tmp_path / "c.png")
         os.umask(0o077)

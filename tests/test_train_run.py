@@ -21,12 +21,12 @@ from abba import load_abba_model
 @pytest.fixture(scope="session")
 def smoke_run(excerpt_data, tmp_path_factory):
     """(RUN folder, in-memory trained model, returned loss) of `experiment=smoke_arithmetic`."""
-    from abba.train import fit
+    from abba.train import train
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     cfg = compose_train("experiment=smoke_arithmetic", f"output_dir={run_dir}", f"paths.data_dir={excerpt_data}")
     with single_thread():
-        loss, model = fit(cfg)
+        loss, model = train(cfg)
     return run_dir, model, loss
 
 
@@ -50,7 +50,7 @@ def test_smoke_loss_falls(smoke_run):
 def test_final_adapter_reloads_to_the_in_memory_model(smoke_run):
     run_dir, model, _ = smoke_run
     saved_cfg = yaml.safe_load((run_dir / "final" / "abba_model.yaml").read_text())
-    assert saved_cfg == model_cfg("tiny_llama")
+    assert saved_cfg == {**model_cfg("tiny_llama"), "seed": 0}  # the base entry merge rebuilds, with its seed
     reloaded = load_abba_model(tiny_model("tiny_llama", seed=0), run_dir / "final").eval()
     model.eval()
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -89,7 +89,7 @@ def test_interrupted_run_resumed_equals_the_uninterrupted_run(smoke_run, excerpt
     run_dir, _, _ = smoke_run
     resumed = tmp_path / "run"
     args = ["experiment=smoke_arithmetic", f"output_dir={resumed}"]
-    crashed = run_train(args + ["interrupt_at_step=20"], excerpt_data, tmp_path)
+    crashed = run_train(args + ["+debug.interrupt_at_step=20"], excerpt_data, tmp_path)
     assert crashed.returncode != 0 and not (resumed / "final").exists()
     assert (resumed / "checkpoint-20").is_dir()
     refused = run_train(args, excerpt_data, tmp_path)  # an unfinished folder is not reused silently either

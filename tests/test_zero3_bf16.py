@@ -25,12 +25,13 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 from train_helpers import compose_train
 from abba.base_model import build_model
-from abba.train import _zero3_init_dtype, training_arguments
+from abba.train_model import zero3_init_dtype
+from abba.trainer_build import training_arguments
 
 cfg = compose_train("experiment=smoke_arithmetic", "model.dtype=bfloat16", "trainer.bf16=true", "trainer=zero3")
 args = training_arguments(cfg, __import__("pathlib").Path({run_dir!r}))
 ds = args.hf_deepspeed_config.config
-with _zero3_init_dtype(torch.bfloat16):
+with zero3_init_dtype(torch.bfloat16):
     model = build_model(cfg.model, dtype=torch.bfloat16, seed=0)
 single = build_model(cfg.model, dtype=torch.bfloat16, seed=0)
 print(json.dumps({{

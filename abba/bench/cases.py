@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..methods import abba_config, peft_config
-from ..model import get_abba_model
+from ..model import get_abba_model, parameter_counts
 from ..layout import REPO_ROOT
 from ..base_model import build_model
 from .measure import module_state_tensors
@@ -57,7 +57,7 @@ def attach(model: nn.Module, spec: Mapping[str, Any], target_modules: list[str],
 
 
 def trainable_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return parameter_counts(model)[0]
 
 
 class _OneLinear(nn.Module):

@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from ..cli import Refusal
 from ..methods import apply_method
 from ..data.tokenize import IGNORE_INDEX, tokenize_example
 from ..layout import REPO_ROOT, resolve_path
@@ -43,13 +44,21 @@ def model_entry(block: Mapping[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(entry, block.get("overrides") or {}), resolve=True)
 
 
+def data_paths(data_dir: str, files: list[str]) -> list[Path]:
+    """Each of `files` under `data_dir`; raises Refusal naming the first that is missing (run_benchmark asks
+    before anything is measured or loaded)."""
+    paths = [Path(resolve_path(Path(data_dir) / name)) for name in files]
+    for path in paths:
+        if not path.is_file():
+            raise Refusal(f"smollm2.data_files: {path} not found: set ABBA_DATA_DIR or smollm2.data_dir "
+                          f"(bash scripts/get_data.sh downloads the files)")
+    return paths
+
+
 def load_records(data_dir: str, files: list[str]) -> list[dict[str, Any]]:
     """The records of every file (JSON lists of {instruction, input, output, ...}), each tagged with its file."""
     records = []
-    for name in files:
-        path = Path(resolve_path(Path(data_dir) / name))
-        if not path.is_file():
-            raise FileNotFoundError(f"smollm2.data_files: {path} not found (set ABBA_DATA_DIR or smollm2.data_dir)")
+    for name, path in zip(files, data_paths(data_dir, files)):
         records += [dict(r, _file=name) for r in json.loads(path.read_text())]
     return records
 

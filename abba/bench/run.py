@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..cli import Refusal, UsageError
 from ..layout import REPO_ROOT
 from ..base_model import torch_dtype
 from ..provenance import git_commit, hardware, package_versions
@@ -29,9 +30,9 @@ TIMING_METHOD = ("wall clock per step (CUDA synchronized), cases interleaved rou
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """The plain settings for this device, with the `quick` block merged on top when quick=true."""
     if cfg.device not in ("cpu", "cuda"):
-        raise ValueError(f"device={cfg.device!r}: use cpu or cuda")
+        raise UsageError(f"device={cfg.device!r}: use cpu or cuda")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device")
+        raise Refusal("device=cuda but torch sees no CUDA device: run on a machine with one, or pass device=cpu")
     merged = OmegaConf.create(OmegaConf.to_container(cfg))  # not in struct mode: the blocks below add keys
     merged = OmegaConf.merge(merged, cfg.per_device[cfg.device])
     if cfg.quick:
@@ -80,7 +81,7 @@ def bench_layers(s: dict[str, Any], dtype: torch.dtype, peak: dict[str, float], 
     shapes = layer["shapes"]
     unknown = set(layer["only"] or ()) - set(shapes)
     if unknown:
-        raise ValueError(f"layer.only names unknown shape(s) {sorted(unknown)}; shapes: {sorted(shapes)}")
+        raise UsageError(f"layer.only names unknown shape(s) {sorted(unknown)}; shapes: {sorted(shapes)}")
     for shape_name, (d_in, d_out) in shapes.items():
         if layer["only"] and shape_name not in layer["only"]:
             continue
@@ -155,7 +156,11 @@ def run_benchmark(cfg: DictConfig) -> Path:
     load_before = os.getloadavg()
     unknown = set(s["parts"]) - set(PARTS)
     if unknown:
-        raise ValueError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
+        raise UsageError(f"parts={s['parts']}: unknown part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
+    if "smollm2" in s["parts"]:  # missing data is said now, not after the other parts ran and the model loaded
+        from .real_model import data_paths
+
+        data_paths(s["smollm2"]["data_dir"], s["smollm2"]["data_files"])
     out_dir = Path(s["out_dir"])
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir

@@ -18,6 +18,8 @@ A run
 * prints one line per file, then on stderr one `error: <file>: <why>: <what to do>` line per failure;
   exit 1 when any failed, 2 for a bad command line (abba/cli.py).
 
+This module is the manifest and the command; one file's transfer (resume, HTTP errors) is abba.data.fetch.
+
 Sources: GSM8K from openai/grade-school-math; the eight commonsense test sets, four training splits and
 Commonsense170K from the LLM-Adapters repository (raw GitHub files); MetaMathQA from the Hugging Face Hub; MATH
 from the original archive of Hendrycks et al. (MATH.tar, as EleutherAI/hendrycks_math's loader fetched it),
@@ -28,19 +30,15 @@ split in this schema was found. `source=URL` fetches every file from URL/<its pa
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json
 import os
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..cli import UsageError, did_you_mean, one_line_errors, unknown_options
+from ..cli import UsageError, did_you_mean, one_line_errors, parse_key_values
+from .fetch import FetchError, brief, count_records, fetch, sha256_of
 from .math_archive import math_test_from_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +47,6 @@ LLM_ADAPTERS = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/m
 GSM8K = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
 HF_DATASETS = "https://huggingface.co/datasets"
 MATH_ARCHIVE = "https://people.eecs.berkeley.edu/~hendrycks/MATH.tar"
-TIMEOUT_S = 60
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -122,16 +118,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-class FetchError(Exception):
-    """A file that could not be fetched or failed its checks; the message is '<why>: <what to do>'."""
-
-
-def _brief(error: BaseException) -> str:
-    """'<type>: <first line>' of an exception, for a one-line message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
-
-
 def default_data_dir() -> Path:
     """$ABBA_DATA_DIR, else ../shared/data beside the repository (configs/paths/default.yaml)."""
     return Path(os.environ.get("ABBA_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
@@ -155,25 +141,6 @@ def select(only: str, manifest: tuple[DataFile, ...] | None = None) -> list[Data
     return [f for f in manifest if f.name in wanted]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def count_records(path: Path, jsonl: bool) -> int:
-    """Records in a JSONL file (non-empty lines, each parsed) or a JSON list; ValueError when it is not one."""
-    with path.open(encoding="utf-8") as f:
-        if jsonl:
-            return sum(1 for line in f if line.strip() and json.loads(line) is not None)
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError(f"a JSON {type(data).__name__}, not a list of records")
-    return len(data)
-
-
 def check(entry: DataFile, path: Path) -> str | None:
     """None when `path` passes the entry's checks, else what is wrong (a phrase)."""
     size = path.stat().st_size
@@ -193,47 +160,6 @@ def check(entry: DataFile, path: Path) -> str | None:
     return None
 
 
-def fetch(url: str, part: Path, label: str) -> None:
-    """Download `url` into `part`, resuming from the bytes already there with an HTTP Range request."""
-    from tqdm import tqdm
-
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "abba-get-data/1"} | ({"Range": f"bytes={start}-"} if start else {})
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and start:  # nothing after what the .part holds: let the checks decide
-            return
-        raise FetchError(f"HTTP {error.code} {error.reason} from {url}: check the address, or pass source=MIRROR") \
-            from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise FetchError(f"cannot reach {url} ({str(reason).splitlines()[0] if str(reason) else type(reason)}): "
-                         "check the network, or pass source=MIRROR") from None
-    with response:
-        if start and (getattr(response, "status", None) or 200) != 206:
-            start = 0  # the server ignored the Range header and sends the whole file: start the .part again
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
-        done = start
-        part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folders
-        try:
-            with part.open("ab" if start else "wb") as out, \
-                    tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label, leave=False,
-                         disable=None) as bar:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    out.write(chunk)
-                    done += len(chunk)
-                    bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as error:  # a reset connection, a timeout
-            raise FetchError(f"the download stopped after {done:,} bytes ({_brief(error)}): run the same command "
-                             f"again to resume from {part.name}") from None
-    # urllib returns a short body without an error when the server closes the connection early.
-    if total is not None and done < total:
-        raise FetchError(f"the download stopped after {done:,} of {total:,} bytes: run the same command again to "
-                         f"resume from {part.name}")
-
-
 def _made_from_archive(entry: DataFile, url: str, target: Path) -> Path:
     """The archive fetched (resumable, kept until converted) and converted into `<target>.part`."""
     archive = target.parent / entry.mirror_path
@@ -245,9 +171,8 @@ def _made_from_archive(entry: DataFile, url: str, target: Path) -> Path:
     try:
         math_test_from_archive(archive, out)
     except (tarfile.TarError, ValueError, KeyError, OSError) as error:
-        archive.unlink()
-        out.unlink(missing_ok=True)
-        raise FetchError(f"{archive.name} from {url} is not the MATH archive ({_brief(error)}): deleted; run the "
+        archive.unlink()  # (math_test_from_archive writes `out` whole or not at all)
+        raise FetchError(f"{archive.name} from {url} is not the MATH archive ({brief(error)}): deleted; run the "
                          "same command again") from None
     archive.unlink()  # only the converted file is kept
     return out
@@ -307,7 +232,7 @@ def download(entries: list[DataFile], data_dir: Path, source: str | None = None)
             print(f"  {'FAILED':<10} {entry.path}", flush=True)
             continue
         except OSError as error:  # data_dir is a file, not writable, full
-            failures.append(f"{entry.path}: cannot write under {data_dir} ({_brief(error)}): pass a writable "
+            failures.append(f"{entry.path}: cannot write under {data_dir} ({brief(error)}): pass a writable "
                             "data_dir=")
             print(f"  {'FAILED':<10} {entry.path}", flush=True)
             continue
@@ -318,22 +243,24 @@ def download(entries: list[DataFile], data_dir: Path, source: str | None = None)
 
 
 def parse(argv: list[str]) -> dict[str, str]:
-    args = {}
+    """{data_dir, only, source} from `key=value` arguments ("" for one not given); `-h`/`--help` prints the
+    docstring and exits 0. Raises UsageError for an argument without '=', an unknown key, an empty value or a
+    source that is not an http(s):// or file:// address."""
     for arg in argv:
         if arg in ("-h", "--help"):
             print(__doc__)
             sys.exit(0)
-        key, eq, value = arg.partition("=")
-        if not eq:
+        if "=" not in arg:  # before parse_key_values: the message names the argument first
             raise UsageError(f"{arg}: expected key=value; {USAGE}")
+    args = parse_key_values(argv, {"data_dir": None, "only": None, "source": None}, USAGE)
+    for arg in argv:  # an empty value is a mistake, not "everything"
+        key, _, value = arg.partition("=")
         if not value:
             raise UsageError(f"{key}= is empty: give a value or leave the option out; {USAGE}")
-        args[key] = value
-    unknown_options(args, ("data_dir", "only", "source"), USAGE)
-    source = args.get("source")
+    source = args["source"]
     if source is not None and urlparse(source).scheme not in ("http", "https", "file"):
         raise UsageError(f"source={source}: expected an http://, https:// or file:// address; {USAGE}")
-    return args
+    return {key: value or "" for key, value in args.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

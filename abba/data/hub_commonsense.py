@@ -37,6 +37,9 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..cli import UsageError, did_you_mean, one_line_errors, parse_key_values
+from ..files import atomic_path, write_text
+
 HUB_ID = "allenai/ai2_arc"
 HUB_CONFIG = "ARC-Easy"
 #: split -> the file's path under a data folder (the layout of configs/data/*_local.yaml and eval/benchmarks)
@@ -68,14 +71,6 @@ def dumps(records: list[dict[str, str]]) -> str:
     return json.dumps(records, indent=4)
 
 
-def _replace_atomic(path: Path, write) -> None:
-    """`write(tmp_path)` to a temporary file beside `path`, then rename it to `path` (abba.files.atomic_path)."""
-    from ..files import atomic_path
-
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def default_data_dir() -> Path:
     return Path(os.environ.get("ABBA_DATA_DIR") or "../shared/data")
 
@@ -89,7 +84,8 @@ def copy_local(data_dir: Path, out_dir: Path) -> bool:
         target = out_dir / FILES[split]
         if target.exists() and target.resolve() == source.resolve():
             continue  # out_dir is the data folder itself
-        _replace_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
     return True
 
 
@@ -103,7 +99,7 @@ def download(out_dir: Path) -> None:
     for split in FILES:  # both loaded before anything is written: no half-updated folder
         converted[split] = [convert(r) for r in datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)]
     for split, records in converted.items():
-        _replace_atomic(out_dir / FILES[split], lambda tmp, records=records: tmp.write_text(dumps(records)))
+        write_text(out_dir / FILES[split], dumps(records))
 
 
 def materialise(out_dir: Path, data_dir: Path | None = None) -> str:
@@ -121,22 +117,28 @@ def materialise(out_dir: Path, data_dir: Path | None = None) -> str:
     return f"hub {HUB_ID} {HUB_CONFIG}"
 
 
+USAGE = "usage: python -m abba.data.hub_commonsense out_dir=DIR [data_dir=DIR]"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (0; 2 for a bad command line, 1 when neither source works),
+    after one `error:` line on stderr (abba/cli.py), so scripts/quickstart.sh and the tests can call it."""
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m abba.data.hub_commonsense out_dir=DIR [data_dir=DIR]"
     try:
-        args = dict(a.split("=", 1) for a in argv)
-    except ValueError:
-        args = {"": ""}
-    if set(args) - {"out_dir", "data_dir"} or not args.get("out_dir"):
-        print(f"error: bad arguments {' '.join(argv) or '(none)'}; {usage}", file=sys.stderr)
-        return 2
-    out_dir = Path(args["out_dir"])
-    try:
-        source = materialise(out_dir, Path(args["data_dir"]) if args.get("data_dir") else None)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        with one_line_errors(refusals=(SourceError,)):
+            keys = {"out_dir": "", "data_dir": ""}
+            try:
+                args = parse_key_values(argv, keys, USAGE)
+            except UsageError:
+                args = {}
+            if not args.get("out_dir"):
+                given = [a.partition("=")[0] for a in argv]
+                hints = "".join(did_you_mean(key, keys) for key in given if key not in keys)
+                raise UsageError(f"bad arguments {' '.join(argv) or '(none)'}; {USAGE}{hints}")
+            out_dir = Path(args["out_dir"])
+            source = materialise(out_dir, Path(args["data_dir"]) if args["data_dir"] else None)
+    except SystemExit as stop:  # one_line_errors printed the line
+        return int(stop.code)
     print(f"ARC-Easy train/test from {source} -> {out_dir}")
     return 0
 

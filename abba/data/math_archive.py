@@ -8,6 +8,8 @@ import json
 import tarfile
 from pathlib import Path
 
+from ..files import atomic_path
+
 MATH_FIELDS = ("problem", "level", "type", "solution")
 
 
@@ -29,6 +31,7 @@ def math_test_from_archive(archive: Path, out: Path) -> int:
     if not records:
         raise ValueError("no test/<subject>/<n>.json files in it")
     records.sort(key=lambda pair: pair[0])
-    with out.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for _, record in records)
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in records)
+    with atomic_path(out) as tmp:  # UTF-8 whatever the locale: the pinned digest is of these bytes
+        tmp.write_bytes(text.encode("utf-8"))
     return len(records)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..layout import resolve_path
+from .templates import ANSWER_MARKER
 
 FORMATS = ("metamathqa", "commonsense", "gsm8k")
 
@@ -61,7 +62,7 @@ def gsm8k_to_metamath(question: str, answer: str) -> dict[str, str]:
     if not _:
         raise DataError(f"GSM8K answer without '#### <number>': {answer[-60:]!r}")
     solution = _CALC.sub("", body).strip()
-    return {"instruction": question, "input": "", "output": f"{solution}\nThe answer is: {final.strip()}"}
+    return {"instruction": question, "input": "", "output": f"{solution}\n{ANSWER_MARKER}{final.strip()}"}
 
 
 def _to_schema(fmt: str, record: Mapping[str, Any]) -> dict[str, str]:

@@ -1,9 +1,11 @@
-"""Training prompts: the Alpaca-style template of the paper's pipeline (LLM-Adapters / MetaMathQA lineage).
+"""The Alpaca-style prompt of the paper's pipeline (LLM-Adapters / MetaMathQA lineage) and the answer marker: the one
+place their text is written (training, the evaluation prompts in eval.benchmarks, the scorers in eval.scoring).
 
     format_example("What is 2+2?", "", "The answer is: 4")
     -> ("Below is an instruction ... ### Response:\n", "The answer is: 4")
 
-The prompt part is what `abba.data.tokenize` masks out of the loss; the response part is learned.
+The prompt part is what `abba.data.tokenize` masks out of the loss; the response part is learned. A MetaMathQA
+response ends with `ANSWER_MARKER` and the answer, which is what the arithmetic scorers read.
 
 Where the authors' released code differs (paper v4 App. L vs. FACTS.md "official code" item 7): its
 commonsense *training* prompt is a triple-quoted string inside a function, so every line after the first
@@ -19,6 +21,8 @@ PREAMBLE_WITH_INPUT = (
     "Write a response that appropriately completes the request."
 )
 OFFICIAL_INDENT = " " * 12
+#: What precedes the final answer in a MetaMathQA-style response (GSM8K's training form and the scorers follow it).
+ANSWER_MARKER = "The answer is: "
 
 
 def format_prompt(instruction: str, input_text: str = "", official_indent: bool = False) -> str:

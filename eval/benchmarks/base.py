@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from abba.data.templates import PREAMBLE
+from abba.files import read_jsonl
+
 # The MetaMath/ABBA arithmetic evaluation prompt (the commonsense one is abba.data.templates.format_prompt).
-ARITHMETIC_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "\n\n### Instruction:\n{question}\n\n### Response: Let's think step by step."
-)
+ARITHMETIC_PROMPT = PREAMBLE + "\n\n### Instruction:\n{question}\n\n### Response: Let's think step by step."
 # The released evaluators (gsm8k_eval.py, MATH_eval.py, commonsense_eval.py) pass these to vLLM as stop strings:
 # a completion ends where the model starts another "### Instruction:" or "### Response:" block.
 ALPACA_STOP = ("Instruction:", "Instruction", "Response:", "Response")
@@ -115,8 +115,7 @@ class StopCutScorer:
 
 def read_records(path: Path, file_format: str) -> list[dict]:
     if file_format == "jsonl" or path.suffix == ".jsonl":
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_jsonl(path)
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, list):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-ANSWER_MARKER = "The answer is: "
+from abba.data.templates import ANSWER_MARKER
+
 _UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
 NUMBER = re.compile(rf"[-+]?{_UNSIGNED}(?:/{_UNSIGNED})?")
 

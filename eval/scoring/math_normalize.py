@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-ANSWER_MARKER = "The answer is: "
+from abba.data.templates import ANSWER_MARKER
 
 
 class NormalizationError(ValueError):

@@ -1,0 +1,94 @@
+"""The command-line contract of every entry point (issue 12; README, abba/cli.py): `key=value` arguments, and a
+failure is one stderr line `error: <what failed>: <what to do>` with exit 2 for a usage error (an unknown key) and
+exit 1 for a refusal (a missing input, or a folder that may not be used), without a traceback.
+
+Each case runs the real command in a subprocess from an empty tmp_path, offline (OMP_NUM_THREADS=1,
+HF_HUB_OFFLINE=1: tests/test_cli_failures.py's environment and checks). Every refusal is one that comes before
+anything heavy: no model or data is loaded, nothing is trained, merged, fitted or downloaded. The other failure
+modes of each entry point are tested beside it (test_cli_failures.py, test_train_failures.py, ...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from test_cli_failures import assert_one_line_error, run
+
+#: A usage error every entry point has, whatever else it insists on: a key it does not know (the Hydra entry points
+#: refuse it in abba.hydra_check, before Hydra starts).
+UNKNOWN_KEY = "no_such_key=1"
+
+#: Every entry point (`python -m <module>`) with a refusal of its own. MISSING is a path under tmp_path that does not
+#: exist, FILE an existing file given where a folder must be written (for the entry points that read no input), TMP
+#: tmp_path; `env:KEY=VALUE` sets an environment variable, `lock:PATH` is a lock file this test holds.
+REFUSALS = {
+    "abba.train": ["model.random_init=false", "model.name_or_path=MISSING", "paths.output_root=out"],
+    "eval.run": ["benchmark=boolq", "model_path=MISSING", "output_dir=out"],
+    "abba.merge": ["adapter_dir=MISSING", "output_dir=merged"],
+    "abba.merge_eval": ["arithmetic", "MISSING", "env:RESULTS_DIR=TMP/results"],
+    "abba.export": ["adapter_dir=MISSING", "output_dir=out"],
+    "abba.tables": ["results_dir=MISSING", "output_dir=out"],
+    "eval.rescore": ["benchmark=gsm8k", "input=MISSING", "output=out.jsonl"],
+    "abba.synthetic": ["out_dir=FILE"],
+    "abba.plots": ["loss_curve", "out=loss.png", "ABBA=MISSING"],
+    "abba.bench": ["parts=[smollm2]", "quick=true", "smollm2.data_dir=MISSING", "out_dir=out"],
+    "abba.reconstruct": ["output_dir=FILE", "quick=true"],
+    "abba.reproduce": ["table1", "results_dir=FILE"],
+    # Another abba.mini holds its results folder (this test holds the lock); the quick size's folders go under
+    # QUICKSTART_OUT.
+    "abba.mini": ["size=quick", "env:QUICKSTART_OUT=TMP/q", "lock:TMP/q/results/.mini.lock"],
+    "abba.data.download": ["data_dir=data", "only=openbookqa", "source=file://MISSING"],
+    "abba.data.hub_commonsense": ["out_dir=out", "data_dir=MISSING", "env:HF_DATASETS_OFFLINE=1"],
+    # Refused once here rather than by each of the world_size processes torchrun would start.
+    "abba.launch": ["world_size=1", "model.random_init=false", "model.name_or_path=MISSING"],
+    "abba.install_check": ["requirements=MISSING"],
+}
+
+
+ENTRY_POINTS = tuple(REFUSALS)
+
+
+def test_every_entry_point_is_a_module():
+    assert len(ENTRY_POINTS) == 17  # train, evaluate, merge, ..., install_check: every `python -m` command
+    assert [m for m in ENTRY_POINTS if importlib.util.find_spec(m) is None] == []
+
+
+def _command(module: str, args: list[str], tmp_path: Path) -> tuple[list[str], dict[str, str], list[Path]]:
+    """(the command line, extra environment, lock files to hold) with MISSING, FILE and TMP made concrete."""
+    (tmp_path / "file").write_text("not a folder\n")
+    argv, env, locks = ["-m", module], {}, []
+    for arg in args:
+        arg = arg.replace("MISSING", str(tmp_path / "nope")).replace("FILE", str(tmp_path / "file"))
+        arg = arg.replace("TMP", str(tmp_path))
+        if arg.startswith("env:"):
+            key, _, value = arg[4:].partition("=")
+            env[key] = value
+        elif arg.startswith("lock:"):
+            locks.append(Path(arg[5:]))
+        else:
+            argv.append(arg)
+    return argv, env, locks
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_an_unknown_key_is_a_usage_error(module, tmp_path):
+    assert_one_line_error(run(["-m", module, UNKNOWN_KEY], tmp_path), 2)
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_a_missing_input_or_a_folder_that_may_not_be_used_is_refused(module, tmp_path):
+    from filelock import FileLock
+
+    argv, env, locks = _command(module, REFUSALS[module], tmp_path)
+    held = [FileLock(str(path)) for path in locks]
+    for path, lock in zip(locks, held):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        assert_one_line_error(run(argv, tmp_path, **env), 1)
+    finally:
+        for lock in held:
+            lock.release()
+    assert not (tmp_path / "nope").exists()
