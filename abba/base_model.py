@@ -99,7 +99,7 @@ def check_pretrained_path(name: str, what: str = "model") -> None:
         path = Path(name).expanduser()
         if not path.is_dir():
             raise ModelSourceError(f"{what} folder {name} does not exist"
-                                   + (f" (it is a file; give its folder)" if path.is_file() else ""))
+                                   + (" (it is a file; give its folder)" if path.is_file() else ""))
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -95,3 +95,11 @@ def parse_key_values(argv: list[str], defaults: dict, usage: str = "") -> dict:
         unknown_options([key], defaults, usage)
         values[key] = value
     return values
+
+
+def parse_bool(key: str, value: str) -> bool:
+    """A `key=value` boolean: true/false (or 1/0), any case. Raises UsageError naming the key otherwise."""
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise UsageError(f"{key}={value}: expected true or false")
+    return text in ("true", "1")

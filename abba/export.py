@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from .cli import UsageError, did_you_mean, parse_key_values
+    from .cli import UsageError, did_you_mean, parse_bool, parse_key_values
 
     usage = "usage: python -m abba.export adapter_dir=DIR format=lora|loha output_dir=DIR [overwrite=true]"
     args = parse_key_values(argv, {"adapter_dir": "", "output_dir": "", "format": "lora", "overwrite": "false"}, usage)
@@ -161,13 +161,11 @@ def _main(argv: list[str]) -> int:
     if fmt not in FORMATS:  # a bad value on the command line: exit 2, not a refusal
         raise UsageError(f"format={fmt} is not an export format{did_you_mean(fmt, FORMATS)}: use "
                          f"{' or '.join(FORMATS)}")
-    if args["overwrite"].lower() not in ("true", "false"):
-        raise UsageError(f"overwrite={args['overwrite']} is not a boolean: use overwrite=true or "
-                         "overwrite=false")
+    overwrite = parse_bool("overwrite", args["overwrite"])
     if not Path(args["adapter_dir"]).is_dir():
         raise ExportError(f"adapter_dir={args['adapter_dir']} is not a folder: pass an ABBA adapter folder (a training "
                           f"run's RUN/final)")
-    out = export(args["adapter_dir"], args["output_dir"], fmt, args["overwrite"].lower() == "true")
+    out = export(args["adapter_dir"], args["output_dir"], fmt, overwrite)
     print(f"exported ABBA adapter {args['adapter_dir']} as a peft {fmt} adapter -> {out}")
     return 0
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from .base_model import build_model, check_model_source, load_tokenizer, torch_dtype
-from .cli import Refusal, UsageError, did_you_mean, one_line_errors, parse_key_values
+from .cli import Refusal, UsageError, did_you_mean, one_line_errors, parse_bool, parse_key_values
 from .config import CONFIG_NAME
 from .files import atomic_path
 from .gguf_source import ModelSourceError
@@ -220,10 +220,7 @@ def parse_options(argv: list[str]) -> dict[str, Any]:
         except ValueError:
             raise UsageError(f"seed={given['seed']} is not an integer") from None
     if "overwrite" in given:
-        if given["overwrite"].lower() not in ("true", "false"):
-            raise UsageError(f"overwrite={given['overwrite']} is not a boolean: use overwrite=true or "
-                             "overwrite=false")
-        given["overwrite"] = given["overwrite"].lower() == "true"
+        given["overwrite"] = parse_bool("overwrite", given["overwrite"])
     if given.get("device", "auto") != "auto":
         try:
             torch.device(given["device"])

@@ -37,8 +37,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cli import Refusal, UsageError, did_you_mean, hydra_arg, one_line_errors, parse_key_values
+from .cli import Refusal, UsageError, did_you_mean, hydra_arg, one_line_errors, parse_bool, parse_key_values
 from .files import write_json, write_text
+from .model import parameter_counts
 from .layout import REPO_ROOT, seed_folder
 from .mini_plan import (SIZES, Job, Size, copy_files, evaluated, experiment, only_methods, plan, print_plan,
                         stages, sweep_jobs, write_selection)
@@ -85,7 +86,7 @@ def evaluate_base(size: Size) -> Path:
         return out
     folder = pretrained_folder(entry)
     evaluate(Path(folder), out, size)
-    total = sum(p.numel() for p in build_model(entry).parameters())
+    total = parameter_counts(build_model(entry))[1]
     config = {"experiment_name": experiment("base"), "seed": 0, "table": "mini", "model": entry,
               "peft": {"method": "base"}, "note": "the untuned model (no training)"}
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -119,9 +120,7 @@ def parse(argv: list[str]) -> tuple[Size, bool]:
     if options["size"] not in SIZES:
         raise UsageError(f"size={options['size']}: no such size{did_you_mean(options['size'], SIZES)}; sizes: "
                          f"{', '.join(sorted(SIZES))}")
-    if options["dry_run"].lower() not in ("true", "false"):
-        raise UsageError(f"dry_run={options['dry_run']}: expected true or false; {USAGE}")
-    return only_methods(SIZES[options["size"]], options["methods"]), options["dry_run"].lower() == "true"
+    return only_methods(SIZES[options["size"]], options["methods"]), parse_bool("dry_run", options["dry_run"])
 
 
 def run_all(size: Size) -> list[str]:

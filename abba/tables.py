@@ -144,7 +144,7 @@ def _table_names(value: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> None:
     """The command line (key=value): a bad argument exits 2, a missing or unreadable input 1, each with one line
     (abba/cli.py)."""
-    from .cli import UsageError, one_line_errors, parse_key_values
+    from .cli import UsageError, one_line_errors, parse_bool, parse_key_values
 
     with one_line_errors(refusals=(TablesError,), on_interrupt="interrupted: tables already written are complete "
                                                                "(each is written whole); run the same command again"):
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("results_dir", "output_dir", "reference"):
             if args[key] == "":
                 raise UsageError(f"{key}= needs a value (a path)")
-        if args["plots"].lower() not in ("true", "false", "1", "0"):
-            raise UsageError(f"plots={args['plots']}: expected true or false")
-        plots = args["plots"].lower() in ("true", "1")
+        plots = parse_bool("plots", args["plots"])
         tables = _table_names(args["tables"])
         results_dir = args["results_dir"]
         output_dir = Path(args["output_dir"] or f"{results_dir}/tables")

@@ -12,12 +12,14 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from abba.data.templates import ANSWER_MARKER, PREAMBLE
+
 OUT = Path(__file__).resolve().parents[1] / "abba" / "assets" / "tiny_tokenizer"
 VOCAB_SIZE = 512
 
 CORPUS = [
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-    "### Instruction:\n", "### Response:\n", "### Response: Let's think step by step.", "The answer is: ",
+    PREAMBLE,
+    "### Instruction:\n", "### Response:\n", "### Response: Let's think step by step.", ANSWER_MARKER,
     "Please answer the following question with true or false, question: ",
     "Please choose the correct answer to fill in the blank to complete the given sentence: ",
     "Please choose the correct solution to the question: ", "Please choose the correct ending to complete the given sentence: ",

@@ -118,3 +118,31 @@ def test_no_module_over_the_line_limit():
     assert not grown, f"listed modules that grew (now, listed): {grown}"
     fits = [path for path in TOO_LONG if lengths.get(path, 0) <= MAX_LINES]
     assert not fits, f"{fits} fit {MAX_LINES} lines now (or are gone): remove them from TOO_LONG"
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def test_the_readme_layout_lists_every_module_and_script():
+    """Every module under abba/ and eval/ is named by its path in the README's Layout table, and every file in
+    scripts/ by its name: a new module (or a renamed one) fails here until the table says what it is for."""
+    layout = _readme_section("Layout")
+    missing = [str(path.relative_to(REPO_ROOT)) for path in project_modules().values()
+               if f"`{path.relative_to(REPO_ROOT)}`" not in layout]
+    missing += [f"scripts/{path.name}" for path in sorted((REPO_ROOT / "scripts").iterdir())
+                if path.is_file() and path.suffix in (".sh", ".py", ".sbatch") and path.name not in layout]
+    assert not missing, f"not in the README's Layout table: {missing}"
+
+
+def test_how_a_result_is_made_takes_at_most_six_files():
+    """The README's "How a result is made" follows one Table 1 row through at most six files, all real."""
+    section = _readme_section("How a result is made")
+    table = [line for line in section.splitlines() if line.startswith("| ") and "](" in line]
+    files = [line.split("](", 1)[1].split(")", 1)[0] for line in table]
+    assert 0 < len(files) <= 6, files
+    assert all((REPO_ROOT / f).is_file() for f in files), files
+    assert files[0].startswith("configs/experiment/t1_") and files[-1] == "abba/tables.py"

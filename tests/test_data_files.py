@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import DATA_SKIP, EXCERPTS, SHARED_DATA, full_files, missing_full_files
 
 from abba.data import download

@@ -7,6 +7,7 @@ single-process run's, and save_pretrained gathers a ZeRO-3-partitioned adapter (
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,23 +99,27 @@ def test_zero2_bf16_keeps_a_float32_adapter_equal_to_one_process(excerpt_data, t
         torch.testing.assert_close(got[key], expected[key], atol=ZERO2_BF16_ATOL, rtol=0)
 
 
-def test_save_pretrained_gathers_a_zero3_partitioned_adapter(tmp_path):
-    """Issue 14: ABBAModel.save_pretrained on a ZeRO-3-partitioned model wrote zero-size tensors."""
+def run_two_processes(script_name: str, out: Path) -> None:
+    """Run tests/<script_name> OUT under torchrun with 2 gloo processes; fail with its stderr if it fails."""
     import os
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).with_name("zero3_save_pretrained.py")
+    script = Path(__file__).with_name(script_name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(script.parents[1]))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                             "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path)],
+                             "127.0.0.1", "--master_port", str(port), str(script), str(out)],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_save_pretrained_gathers_a_zero3_partitioned_adapter(tmp_path):
+    """Issue 14: ABBAModel.save_pretrained on a ZeRO-3-partitioned model wrote zero-size tensors."""
+    run_two_processes("zero3_save_pretrained.py", tmp_path)
     assert (tmp_path / "partitioned.txt").read_text() == "True"  # the adapter really was partitioned
     expected = load_file(str(tmp_path / "expected.safetensors"))
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
@@ -137,21 +142,7 @@ def test_save_pretrained_refuses_partitioned_factors_without_a_process_group(tmp
 def test_load_adapter_fills_a_zero3_partitioned_adapter(tmp_path):
     """ABBAModel.load_adapter (the trainer's resume path) on a ZeRO-3-partitioned model: the factors it holds
     afterwards, gathered again by save_pretrained, are exactly the saved ones."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).with_name("zero3_load_adapter.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(script.parents[1]))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                             "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path)],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes("zero3_load_adapter.py", tmp_path)
     assert (tmp_path / "partitioned.txt").read_text() == "True"  # the adapter really was partitioned
     expected = load_file(str(tmp_path / "source" / "adapter_model.safetensors"))
     loaded = load_file(str(tmp_path / "loaded" / "adapter_model.safetensors"))

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random

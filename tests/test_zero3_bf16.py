@@ -7,7 +7,6 @@ run with the stated tolerance (ZERO3_BF16_*)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys

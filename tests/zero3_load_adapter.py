@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_model  # noqa: E402
+from zero3_partition import partition_with_zero3  # noqa: E402
 
 from abba import ABBAConfig, get_abba_model  # noqa: E402
 
@@ -28,13 +29,7 @@ if rank == 0:
     source.save_pretrained(out / "source")
 torch.distributed.barrier()
 model = get_abba_model(tiny_model("tiny_llama", seed=0), ABBAConfig(r1=4, r2=4, alpha=8, seed=0))
-config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_allow_untested_optimizer": True,
-          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
-trainable = [p for p in model.parameters() if p.requires_grad]
-engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config,
-                                  optimizer=torch.optim.AdamW(trainable, lr=1e-3))
-layer = next(model.abba_layers())[1]
-partitioned = layer.abba_B2.numel() == 0 and hasattr(layer.abba_B2, "ds_id")
+engine, partitioned = partition_with_zero3(model)
 model.load_adapter(out / "source")  # every rank: gathers, overwrites, partitions again
 model.save_pretrained(out / "loaded")  # every rank: gathers collectively, rank 0 writes
 if rank == 0:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_model  # noqa: E402
+from zero3_partition import partition_with_zero3  # noqa: E402
 
 from abba import ABBAConfig, get_abba_model  # noqa: E402
 
@@ -24,13 +25,7 @@ with torch.no_grad():  # B2 = 0 at init: fill it so a lost or zeroed tensor show
     for _, layer in model.abba_layers():
         layer.abba_B2.copy_(torch.randn(layer.abba_B2.shape, generator=torch.Generator().manual_seed(1)))
 expected = {k: v.clone() for k, v in model.adapter_state_dict().items()}
-config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_allow_untested_optimizer": True,
-          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
-trainable = [p for p in model.parameters() if p.requires_grad]
-engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config,
-                                  optimizer=torch.optim.AdamW(trainable, lr=1e-3))
-layer = next(model.abba_layers())[1]
-partitioned = layer.abba_B2.numel() == 0 and hasattr(layer.abba_B2, "ds_id")
+engine, partitioned = partition_with_zero3(model)
 model.save_pretrained(out / "adapter")  # every rank: gathers collectively, rank 0 writes
 if torch.distributed.get_rank() == 0:
     save_file(expected, str(out / "expected.safetensors"))

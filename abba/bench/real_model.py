@@ -31,6 +31,7 @@ from ..methods import apply_method
 from ..data.tokenize import IGNORE_INDEX, tokenize_example
 from ..layout import REPO_ROOT, resolve_path
 from ..base_model import build_model, load_tokenizer
+from ..model import parameter_counts
 from .cases import Case, method_config, trainable_params
 from .flops import layer_flops
 from .measure import module_state_tensors
@@ -258,7 +259,7 @@ def bench_real_model(s: dict[str, Any]) -> dict[str, Any]:
                "gguf": entry.get("gguf"), "random_init": bool(entry.get("random_init", False)),
                "num_hidden_layers": arch.num_hidden_layers, "hidden_size": arch.hidden_size,
                "intermediate_size": arch.intermediate_size, "vocab_size": arch.vocab_size,
-               "total_params": sum(p.numel() for p in base.parameters()), "weights_dtype": str(base.dtype),
+               "total_params": parameter_counts(base)[1], "weights_dtype": str(base.dtype),
                "target_modules": list(block["target_modules"]), "cases": block["cases"],
                "baseline_case": block["baseline_case"], "target_time_ratio": block["target_time_ratio"],
                "profile_top": top,

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..cli import Refusal, UsageError
 from ..layout import REPO_ROOT
 from ..base_model import torch_dtype
+from ..model import parameter_counts
 from ..provenance import git_commit, hardware, package_versions
 from .cases import layer_cases, model_cases, random_model
 from .flops import gemm_peak_flops, layer_flops
@@ -116,7 +117,7 @@ def bench_model(s: dict[str, Any], dtype: torch.dtype) -> tuple[list[dict[str, A
     context = {"model": m["config"], "num_hidden_layers": arch["num_hidden_layers"], "hidden_size": arch["hidden_size"],
                "intermediate_size": arch["intermediate_size"], "vocab_size": arch["vocab_size"], "batch": m["batch"],
                "seq": m["seq"], "target_modules": m["target_modules"],
-               "total_params": sum(p.numel() for p in base.parameters())}
+               "total_params": parameter_counts(base)[1]}
     return rows, context
 
 

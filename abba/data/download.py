@@ -38,10 +38,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..cli import UsageError, did_you_mean, one_line_errors, parse_key_values
+from ..layout import REPO_ROOT
 from .fetch import FetchError, brief, count_records, fetch, sha256_of
 from .math_archive import math_test_from_archive
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
 USAGE = "usage: python -m abba.data.download [data_dir=DIR] [only=NAME,...] [source=URL]"
 LLM_ADAPTERS = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/main"
 GSM8K = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
