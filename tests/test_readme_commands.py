@@ -6,7 +6,7 @@ Rules (for whoever edits README.md):
 - Each command must fullmatch a pattern in COVERAGE below. A pattern lists where that command is exercised:
   a test (`tests/<file>.py::<function>`, which must exist), `scripts/quickstart.sh` (which must call the same
   entry point) or `.ci/run` (CI). Full-scale (GPU) commands count as covered when a test runs the same entry
-  point or script with CPU-sized arguments (a smoke experiment, --dry-run, a tiny model).
+  point or script with CPU-sized arguments (a smoke experiment, dry_run=true, a tiny model).
 - A new command in the README needs a pattern here, and a test that runs it when none does yet.
 """
 
@@ -118,7 +118,7 @@ def test_coverage_evidence_exists(pattern):
 
 
 def test_patterns_accept_the_examples_they_are_meant_for():
-    assert covering_pattern("bash scripts/reproduce.sh table1 --dry-run")
+    assert covering_pattern("bash scripts/reproduce.sh table1 dry_run=true")
     assert covering_pattern("SEEDS=0 bash scripts/reproduce.sh table2 hydra/launcher=slurm")
     assert covering_pattern("python -m abba.train experiment=t1_llama3_2_1b_abba_r32 seed=1")
     assert covering_pattern("NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 bash scripts/train_arithmetic.sh seed=1")
