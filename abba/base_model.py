@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .cli import first_line
 from .layout import resolve_path
 
 
@@ -119,8 +120,8 @@ def check_pretrained_path(name: str, what: str = "model") -> None:
         raise ModelSourceError(f"{what} {name} is neither a local folder nor a model on the Hugging Face Hub "
                                f"(private models need `hf auth login`)") from None
     except Exception as exc:  # noqa: BLE001 - any transport failure: DNS, refused connection, timeout, HTTP 5xx
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ModelSourceError(f"cannot reach the Hugging Face Hub for {what} {name} ({first.strip()}): check the "
+        first = first_line(exc, type(exc).__name__)
+        raise ModelSourceError(f"cannot reach the Hugging Face Hub for {what} {name} ({first}): check the "
                                f"network, or use a local folder") from None
 
 

@@ -26,9 +26,14 @@ class Refusal(RuntimeError):
     """Something outside the command line is missing, unreachable or may not be reused; exit 1. One line."""
 
 
+def first_line(message: object, default: str = "") -> str:
+    """The first non-empty line of `message` (str() of it, e.g. an exception), stripped; `default` when none."""
+    return next((line.strip() for line in str(message).splitlines() if line.strip()), default)
+
+
 def fail(message: str, code: int = REFUSED) -> NoReturn:
     """Print `error: <first line of message>` on stderr and exit with `code`."""
-    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "failed")
+    first = first_line(message, "failed")
     tqdm = sys.modules.get("tqdm")
     if tqdm is not None:  # a bar still open would redraw itself after the message when it is collected at exit
         for bar in list(getattr(tqdm.tqdm, "_instances", ())):

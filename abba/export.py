@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     from .cli import UsageError, did_you_mean, parse_bool, parse_key_values
 
-    usage = "usage: python -m abba.export adapter_dir=DIR format=lora|loha output_dir=DIR [overwrite=true]"
+    usage = "usage: python -m abba.export adapter_dir=DIR output_dir=DIR [format=lora|loha] [overwrite=true]"
     args = parse_key_values(argv, {"adapter_dir": "", "output_dir": "", "format": "lora", "overwrite": "false"}, usage)
     missing = [k for k in ("adapter_dir", "output_dir") if not args[k]]
     if missing:

@@ -19,9 +19,12 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
-    """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG)."""
+    """Save to a temporary name beside `path`, then rename (a crash never leaves half a PNG). The format is
+    `path`'s suffix (.png, .pdf, .svg, ...), given explicitly: matplotlib would read it from the temporary name's
+    suffix; without one (`out=loss`) it is PNG. Raises ValueError for a format matplotlib does not write."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")
 
 
 def add_caption(fig, lines: list[str], width: int) -> None:

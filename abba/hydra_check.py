@@ -6,7 +6,9 @@ same overrides (for a multirun, with the first value of each sweep) and turns su
 
     error: Could not find 'experiment/t1_llama3_2_1b_abba_r23' (did you mean: t1_llama3_2_1b_abba_r32, ...)
 
-`hydra.*` overrides (launcher, sweeper, run dir) are Hydra's own business and are left to it.
+An argument starting with '-' must be one of Hydra's own flags (`check_flags`): `--dry-run` or `--size 128` gets
+one line, not argparse's usage or a lexer error. `hydra.*` overrides (launcher, sweeper, run dir) and Hydra's
+informational modes (--help, --cfg job, --info) are Hydra's own business and are left to it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import difflib
 import re
 import sys
 from pathlib import Path
+
+from .cli import did_you_mean, first_line
 
 
 class CommandLineError(ValueError):
@@ -37,9 +41,7 @@ def _first_values(overrides: list[str]) -> list[str]:
 
 
 def _one_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    message = lines[0] if lines else type(exc).__name__
-    message = re.sub(r"^In '[^']*': ", "", message)
+    message = re.sub(r"^In '[^']*': ", "", first_line(exc, type(exc).__name__))
     options = getattr(exc, "options", None)
     missing = getattr(exc, "missing_cfg_file", None)
     if options:
@@ -48,6 +50,8 @@ def _one_line(exc: Exception) -> str:
         message += f" (did you mean: {', '.join(close)})" if close else f" (options: {', '.join(options)})"
     if "mismatched input '='" in message or "extraneous input '='" in message:
         message += "; quote a value that holds '=' or ',' (a sweep member's folder does): key='a/b=c,d'"
+    if re.fullmatch(r"Error parsing override '[^'=]*'", message):  # `experiment` instead of `experiment=NAME`
+        message += ": expected key=value"
     if message.startswith("Ambiguous value"):
         message += "; quote it for a string, use [a,b] for a list, or add -m to sweep over it"
     # Hydra's "To append to your config use +key=value" is left out on purpose: an appended key is one nothing
@@ -82,14 +86,18 @@ def _close_keys(cfg, key: str) -> str:
     return f" (did you mean: {', '.join(prefix + c for c in close)})" if close else ""
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _kind(value) -> str | None:
     """The type family a default constrains an override to; None for anything goes (str, None, interpolations)."""
     if isinstance(value, bool):
         return "true or false"
     if isinstance(value, (int, float)):
         return "a number"
-    if isinstance(value, (list, tuple)):
-        return "a list"
+    if isinstance(value, (list, tuple)):  # size: [256, 256] takes numbers only (reconstruct's int() would fail)
+        return "a list of numbers" if value and all(_is_number(v) for v in value) else "a list"
     return None
 
 
@@ -99,7 +107,9 @@ def _fits(kind: str, value) -> bool:
     if kind == "true or false":
         return isinstance(value, bool)
     if kind == "a number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return _is_number(value)
+    if kind == "a list of numbers":
+        return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
     return isinstance(value, (list, tuple))
 
 
@@ -133,6 +143,7 @@ def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = Path(config_dir)
+    check_flags(config_dir, config_name, argv)
     given = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     groups: list[str] = []
     try:
@@ -157,13 +168,48 @@ def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]
     _check_values(config_dir, parsed, defaults_cfg, cfg)
 
 
+#: Hydra's own command-line flags (hydra/_internal/utils.py get_args_parser), short and long form. Those in
+#: TAKES_VALUE take a value, as the next argument or after '='.
+HYDRA_FLAGS = {"-m": "--multirun", "-c": "--cfg", "-p": "--package", "-cn": "--config-name", "-cp": "--config-path",
+               "-cd": "--config-dir", "-i": "--info", "-r": "--run", "-sc": "--shell-completion",
+               "--resolve": "--resolve", "--hydra-help": "--hydra-help", "-h": "--help", "--version": "--version"}
+TAKES_VALUE = ("--cfg", "--package", "--config-name", "--config-path", "--config-dir", "--info",
+               "--shell-completion")
+#: Flags after which Hydra prints something or composes another config: the check is left to Hydra itself.
+HYDRA_OWN_MODE = ("--cfg", "--package", "--config-name", "--config-path", "--config-dir", "--info",
+                  "--shell-completion", "--hydra-help", "--help", "--version")
+
+
+def _flag(arg: str) -> str | None:
+    """The long name of a Hydra flag (`-cn` and `--config-name=x` give --config-name), None for anything else."""
+    name, eq, _ = arg.partition("=")
+    long = HYDRA_FLAGS.get(name) or (name if name in HYDRA_FLAGS.values() else None)
+    return long if long and (not eq or long in TAKES_VALUE) else None
+
+
+def check_flags(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
+    """Raise CommandLineError for an argument starting with '-' that is not one of Hydra's flags (`--dry-run`,
+    `--size 128`): Hydra would print its argparse usage, or misread the flag's value as an override."""
+    from omegaconf import OmegaConf
+
+    for arg in argv:
+        if not arg.startswith("-") or _flag(arg):
+            continue
+        name = arg.partition("=")[0]
+        keys = [str(k) for k in OmegaConf.load(Path(config_dir) / f"{config_name}.yaml") if k != "defaults"]
+        key = name.lstrip("-").replace("-", "_")
+        hint = f"; did you mean {key}=...?" if key in keys else did_you_mean(name, sorted(set(HYDRA_FLAGS.values())))
+        raise CommandLineError(f"unknown flag {name}: this command takes key=value overrides and Hydra's "
+                               f"flags (-m, --cfg job, --help){hint}")
+
+
 def exit_on_bad_command_line(config_dir: str | Path, config_name: str, argv: list[str] | None = None) -> None:
     """`check_command_line` for a `__main__` block: print the one-line error and exit 2."""
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("--help", "-h", "--info", "--cfg", "-c", "--shell-completion") or a.startswith("--info")
-           for a in argv):
-        return  # Hydra's own informational modes
     try:
+        check_flags(config_dir, config_name, argv)
+        if any(_flag(a) in HYDRA_OWN_MODE for a in argv):
+            return  # Hydra's informational modes, or another config: Hydra checks those itself
         check_command_line(config_dir, config_name, argv)
     except CommandLineError as exc:
         print(f"error: {exc}", file=sys.stderr)

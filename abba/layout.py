@@ -138,9 +138,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse (before anything is written) to reuse a non-empty run folder without resume= or overwrite=."""
-    if resume and overwrite:
-        raise RunFolderError("resume=true and overwrite=true contradict each other: pick one")
+    """Refuse (before anything is written) to reuse a non-empty run folder without resume= or overwrite=. (Both
+    at once is a usage error, refused earlier by abba.train_config.validate.)"""
     if not run_dir.exists() or not any(run_dir.iterdir()) or resume or overwrite:
         return
     state = "a finished run" if is_finished(run_dir) else "an unfinished run"
@@ -207,3 +206,9 @@ def is_evaluated(results_dir: str | Path, benchmarks: Iterable[str], nll: bool =
                 (not partial_ok and is_partial(entry)):
             return False
     return True
+
+
+def sweep_record_folder(results_dir: str | Path, experiment_name: str, seed: int, overrides: Iterable[str]) -> Path:
+    """Where abba.mini keeps a sweep run's record (committed, unlike its run folder under outputs):
+    `<results_dir>/sweep/<experiment_name>/seed<seed>/<the overrides as typed, joined by ','>`."""
+    return seed_folder(Path(results_dir) / "sweep", experiment_name, seed) / ",".join(overrides)

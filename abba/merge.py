@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from .base_model import build_model, check_model_source, load_tokenizer, torch_dtype
-from .cli import Refusal, UsageError, did_you_mean, one_line_errors, parse_bool, parse_key_values
+from .cli import Refusal, UsageError, did_you_mean, first_line, one_line_errors, parse_bool, parse_key_values
 from .config import CONFIG_NAME
 from .files import atomic_path
 from .gguf_source import ModelSourceError
@@ -94,7 +94,7 @@ def _available_base(adapter_dir: Path, base_model: str | None, kind: str) -> dic
         check_model_source(entry)
         return entry
     except (MergeError, ModelSourceError) as error:
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        reason = first_line(error, type(error).__name__)
         if base_model or kind == "full" or (adapter_dir / MODEL_ENTRY_FILE).is_file():
             raise MergeError(reason) from None
         name = json.loads((adapter_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path")

@@ -6,9 +6,12 @@
 For every RUN: abba.merge folds RUN/final into RESULTS/merged, `python -m eval.run benchmark=<group>` evaluates it
 into RESULTS = results/<experiment>/seed<k>[/<the run folder's override suffix>], RUN/config.yaml and
 RUN/run_info.json are copied beside the metrics (the table builder reads them), then the merged weights are deleted
-unless KEEP_MERGED=1. A re-run skips a finished merge and resumes the evaluation. Environment: EVAL_ARGS /
-MERGE_ARGS (extra key=value arguments of eval.run / abba.merge, e.g. EVAL_ARGS="limit=50 backend=hf"),
-RESULTS_DIR (default results), KEEP_MERGED.
+unless KEEP_MERGED is true (abba.cli.parse_bool: true/1 keep; unset, empty, false/0 do not). A re-run skips a
+run whose RESULTS already holds its finished evaluation (every benchmark of the group, abba.layout.is_evaluated;
+with limit=N in EVAL_ARGS a subset of that limit is finished): no merge, no eval.run, one line saying so. An
+unfinished or partial evaluation is merged again (unless RESULTS/merged is kept) and resumed. Environment:
+EVAL_ARGS / MERGE_ARGS (extra key=value arguments of eval.run / abba.merge, e.g. EVAL_ARGS="limit=50 backend=hf";
+neither may set what this module sets for each run), RESULTS_DIR (default results), KEEP_MERGED.
 
 Failures (abba/cli.py): a run that cannot be merged or evaluated gets one `error:` line (abba.merge's, eval.run's
 own, or this module's), the other runs go on, and the exit status is 1; a bad command line, EVAL_ARGS or
@@ -19,6 +22,7 @@ run the same command again).
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shlex
 import shutil
@@ -30,8 +34,9 @@ from typing import Any
 
 import yaml
 
-from .cli import INTERRUPTED, UsageError, fail, hydra_arg, one_line_errors
-from .layout import CONFIG_FILE, FINAL_DIR, MERGE_INFO_FILE, MERGED_DIR, REPO_ROOT, RUN_INFO_FILE, results_folder
+from .cli import INTERRUPTED, UsageError, fail, first_line, hydra_arg, one_line_errors, parse_bool
+from .layout import (CONFIG_FILE, FINAL_DIR, MERGE_INFO_FILE, MERGED_DIR, METRICS_FILE, REPO_ROOT, RUN_INFO_FILE,
+                     is_evaluated, is_partial, results_folder)
 from .table_registry import BENCHMARK_GROUPS
 
 #: The benchmark groups this stage evaluates; each is also the data task (RUN/config.yaml `data.task`) it fits.
@@ -68,11 +73,31 @@ def run_identity(run_dir: Path, group: str) -> tuple[str, int]:
     return str(config["experiment_name"]), int(config["seed"])
 
 
+def is_done(out: Path, group: str, eval_config: Any) -> bool:
+    """Whether RESULTS `out` holds the evaluation EVAL_ARGS ask for (`eval_config`, eval.run's composed config):
+    every benchmark of `group` scored, with an NLL when nll=true, on the whole test set, or with limit=N on a
+    subset drawn with the same limit, subset and subset_seed."""
+    limit = eval_config.get("limit")
+    benchmarks = BENCHMARK_GROUPS[group]
+    if not is_evaluated(out, benchmarks, nll=bool(eval_config.get("nll")), partial_ok=limit is not None):
+        return False
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    asked = (limit, str(eval_config.get("subset", "first")), int(eval_config.get("subset_seed", 0)))
+    return all(not is_partial(metrics[b]) or asked == (metrics[b].get("limit"), metrics[b].get("subset", "first"),
+                                                       metrics[b].get("subset_seed", 0)) for b in benchmarks)
+
+
 def merge_and_evaluate(run_dir: Path, group: str, results_dir: Path, eval_args: list[str],
-                       merge_options: dict[str, Any], keep_merged: bool) -> Path:
-    """Merge RUN/final into RESULTS/merged (unless done), evaluate it, copy the run's files; returns RESULTS."""
+                       merge_options: dict[str, Any], keep_merged: bool, eval_config: Any) -> Path:
+    """Merge RUN/final into RESULTS/merged (unless done), evaluate it, copy the run's files; returns RESULTS.
+    A run whose evaluation is finished (is_done) is skipped: merging again would change the model's fingerprint
+    and eval.run would generate every sample again."""
     name, seed = run_identity(run_dir, group)
     out = results_folder(results_dir, run_dir, name, seed)
+    if is_done(out, group, eval_config):
+        print(f"{run_dir}: {out / METRICS_FILE} already holds its {group} evaluation: skipped (no merge, no "
+              f"eval.run; delete that file to evaluate again)", flush=True)
+        return out
     merged = out / MERGED_DIR
     if not (merged / MERGE_INFO_FILE).is_file():  # merge renames a complete folder into place
         _merge(run_dir / FINAL_DIR, merged, merge_options)
@@ -101,7 +126,7 @@ def _merge(adapter_dir: Path, merged: Path, options: dict[str, Any]) -> None:
             warnings.simplefilter("always", MergePrecisionWarning)
             info = merge(adapter_dir, merged, **options)
     except (MergeError, ModelSourceError, OSError) as error:  # OSError: from_pretrained on an unreadable folder
-        raise RunError(next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)) from None
+        raise RunError(first_line(error, type(error).__name__)) from None
     finally:
         gc.collect()
         if torch.cuda.is_available():
@@ -128,23 +153,31 @@ def _run(command: list[str]) -> None:
         raise ChildFailed(code)
 
 
-def _check_eval_args(group: str, eval_args: list[str]) -> None:
+def _check_eval_args(group: str, eval_args: list[str]) -> Any:
     """EVAL_ARGS as eval.run will see them: composed (unknown keys, bad types) and value-checked, before anything
-    is merged. Raises UsageError with eval.run's one-line message."""
+    is merged; returns eval.run's composed config. Raises UsageError with eval.run's one-line message, or for a
+    key this module sets for each run."""
     from eval.checks import check_values
     from eval.run import load_config
 
     from .hydra_check import CommandLineError, check_command_line
 
     fixed = [f"benchmark={group}", "model_path=MODEL", "output_dir=OUT"]
+    keys = {arg.partition("=")[0].lstrip("+~") for arg in eval_args}  # Hydra's +key= / ++key= / ~key forms too
+    per_run = [key for key in ("benchmark", "model_path", "output_dir") if key in keys]
+    if per_run:
+        raise UsageError(f"EVAL_ARGS: {', '.join(k + '=' for k in per_run)}: set by abba.merge_eval for each run "
+                         f"(the group, RESULTS/merged, RESULTS): leave it out")
     try:
         check_command_line(REPO_ROOT / "configs", "eval", [*fixed, *eval_args])
     except CommandLineError as error:
         raise UsageError(f"EVAL_ARGS: {error}") from None
+    config = load_config([*fixed, *eval_args])
     try:
-        check_values(load_config([*fixed, *eval_args]))
+        check_values(config)
     except UsageError as error:
         raise UsageError(f"EVAL_ARGS: {error}") from None
+    return config
 
 
 def _merge_options(merge_args: list[str]) -> dict[str, Any]:
@@ -179,12 +212,13 @@ def _main(argv: list[str]) -> int:
     results_dir = Path(os.environ.get("RESULTS_DIR", "results"))
     eval_args = shlex.split(os.environ.get("EVAL_ARGS", ""))
     merge_options = _merge_options(shlex.split(os.environ.get("MERGE_ARGS", "")))
-    keep = os.environ.get("KEEP_MERGED", "0") not in ("", "0", "false")
-    _check_eval_args(group, eval_args)  # a typo in EVAL_ARGS must not cost a merge first
+    keep_text = os.environ.get("KEEP_MERGED", "").strip()
+    keep = parse_bool("KEEP_MERGED", keep_text) if keep_text else False
+    eval_config = _check_eval_args(group, eval_args)  # a typo in EVAL_ARGS must not cost a merge first
     failed = []
     for run in runs:
         try:
-            out = merge_and_evaluate(run, group, results_dir, eval_args, merge_options, keep)
+            out = merge_and_evaluate(run, group, results_dir, eval_args, merge_options, keep, eval_config)
             print(f"{run} -> {out}", flush=True)
         except RunError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from typing import Iterable
 
 from .cli import Refusal, UsageError, hydra_arg
 from .files import atomic_path, write_json, write_text
-from .layout import REPO_ROOT, default_run_dir, is_evaluated, is_finished, seed_folder
+from .layout import REPO_ROOT, default_run_dir, is_evaluated, is_finished, seed_folder, sweep_record_folder
 from .table_registry import MINI_METHODS
 
 METHODS = MINI_METHODS  # abba.table_registry: the mini table's methods
@@ -120,8 +120,7 @@ class Job:
     def record_dir(self) -> Path:
         """Where a sweep run's record is kept under results (committed; its run folder under outputs is not):
         <results>/sweep/<experiment>/seed<k>/<overrides>/."""
-        return seed_folder(Path(self.size.results_dir) / "sweep", experiment(self.method), self.seed) / \
-            ",".join(self.overrides)
+        return sweep_record_folder(self.size.results_dir, experiment(self.method), self.seed, self.overrides)
 
     @property
     def heldout_nll(self) -> float | None:

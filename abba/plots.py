@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         out = args.pop("out")
         problem = "out= needs a file name" if not out else "no run given" if not args else next(
             (f"{label}= needs a run folder" for label, run in args.items() if not run), None)
+        if out and not out.lower().endswith(".png"):  # the figure is a PNG; another name would mislead
+            problem = f"out={out}: the figure is a PNG, name it *.png"
         if problem:
             raise UsageError(f"{problem}; {USAGE}")
         loss_curve({k: Path(v) for k, v in args.items()}, Path(out))

@@ -134,6 +134,9 @@ def print_plan(table: str, jobs: list[Job]) -> None:
 def parse_arguments(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
     """(table, this module's options over their defaults, the Hydra overrides) from the command line. Raises
     UsageError for a missing or unknown table, an option given twice, or a bad print= value."""
+    if argv and argv[0] == "mini":  # scripts/reproduce.sh hands mini to abba.mini before this module
+        raise UsageError("mini is not a paper table of abba.reproduce: run it with `bash scripts/reproduce.sh mini` "
+                         "(or python -m abba.mini)")
     if not argv or argv[0] not in PAPER_TABLES:
         got = repr(argv[0]) + did_you_mean(argv[0], PAPER_TABLES) if argv else "nothing"
         raise UsageError(f"first argument must be a table ({', '.join(PAPER_TABLES)}), got {got}; {USAGE}")

@@ -3,7 +3,8 @@ line, TrainConfigError), and the precision and ZeRO decisions the model build an
 derived from it here, in one place.
 
 Test-only switches live under `debug.` (never in configs/train.yaml, never in a run folder's name): tests pass
-`+debug.interrupt_at_step=N` or `+debug.dump_init_adapter=true`, and the code reads them with `debug_switch`.
+`+debug.interrupt_at_step=N` or `+debug.dump_init_adapter=true` (DEBUG_SWITCHES; validate refuses any other), and
+the code reads them with `debug_switch`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .base_model import DTYPES
+from .cli import did_you_mean, first_line
 from .launch import accumulation_error
 from .layout import REPO_ROOT
 from .methods import METHODS, abba_config, peft_config
@@ -48,6 +51,12 @@ def validate(cfg: DictConfig) -> None:
                                "trainer=single (one process, or torchrun for plain data parallel)")
     if cfg.table not in (None, "table1", "table2", "mini"):
         raise TrainConfigError(f"table must be table1, table2, mini or null, got {cfg.table!r}")
+    if cfg.model.dtype not in DTYPES:  # base_model.torch_dtype would raise once the model is built
+        raise TrainConfigError(f"model.dtype={cfg.model.dtype}: must be one of {', '.join(DTYPES)}"
+                               f"{did_you_mean(cfg.model.dtype, DTYPES)}")
+    if cfg.resume and cfg.overwrite:
+        raise TrainConfigError("resume=true and overwrite=true contradict each other: pick one")
+    _check_debug(cfg)
     # Build the method's config object now: its validation (ABBAConfig.__post_init__, peft's configs) refuses a
     # bad value (peft.r1=abc) before anything is written or loaded, not after the model is built.
     try:
@@ -56,7 +65,7 @@ def validate(cfg: DictConfig) -> None:
         elif cfg.peft.method != "full":
             peft_config(cfg.peft)
     except (ValueError, TypeError, KeyError) as exc:
-        raise TrainConfigError(f"peft: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise TrainConfigError(f"peft: {first_line(exc, type(exc).__name__)}") from None
     # Values that would otherwise fail deep inside the optimizer, the Trainer or datasets, with a traceback.
     checks = [("peft.lr", cfg.peft.get("lr"), lambda v: v > 0, "a positive number"),
               ("peft.weight_decay", cfg.peft.get("weight_decay"), lambda v: v >= 0, "a number >= 0"),
@@ -81,6 +90,30 @@ def validate(cfg: DictConfig) -> None:
         log.warning("peft=%s does not read peft.%s (set by the experiment for another method); alpha, lr and the "
                     "other shared keys come from the experiment, not configs/peft/%s.yaml", cfg.peft.method,
                     ", peft.".join(unread), cfg.peft.method)
+
+
+#: The test-only switches under `debug.` and what each takes (the code reads them with `debug_switch`).
+DEBUG_SWITCHES = {"interrupt_at_step": ("a positive integer or null",
+                                        lambda v: v is None or (type(v) is int and v > 0)),
+                  "dump_init_adapter": ("true or false", lambda v: isinstance(v, bool))}
+
+
+def _check_debug(cfg: DictConfig) -> None:
+    """Refuse a test switch nothing reads (`+debug.interrupt_at_stp=2`) or a value it cannot use: either would
+    otherwise be ignored silently or fail once training has started."""
+    debug = cfg.get("debug")
+    if debug is None:
+        return
+    if not OmegaConf.is_dict(debug):
+        raise TrainConfigError(f"debug={debug}: must be switches, e.g. +debug.interrupt_at_step=2")
+    known = [f"debug.{name}" for name in DEBUG_SWITCHES]
+    for name, value in debug.items():
+        if name not in DEBUG_SWITCHES:
+            raise TrainConfigError(f"unknown test switch debug.{name}{did_you_mean(f'debug.{name}', known)}: "
+                                   f"known: {', '.join(known)}")
+        wanted, ok = DEBUG_SWITCHES[name]
+        if not ok(value):
+            raise TrainConfigError(f"debug.{name}={value}: must be {wanted}")
 
 
 def _read_keys(method: str) -> set[str]:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from .base_model import build_model, load_tokenizer, torch_dtype
+from .cli import first_line
 from .gguf_source import ModelSourceError
 from .methods import apply_method
 from .train_config import TrainConfigError, autocast_instead_of_deepspeed_bf16, zero3
@@ -47,7 +48,7 @@ def build(cfg: DictConfig, is_main: bool, weights: dict[str, torch.Tensor] | Non
     try:
         model = apply_method(base, cfg.peft, seed=int(cfg.seed))
     except ValueError as exc:  # e.g. target_modules that match no layer of this model
-        raise TrainConfigError(f"peft: {next(iter(str(exc).splitlines()), 'cannot attach the adapter')}") from None
+        raise TrainConfigError(f"peft: {first_line(exc, 'cannot attach the adapter')}") from None
     return model, tokenizer
 
 
@@ -56,9 +57,8 @@ def _load(what: str, model_cfg, load):
     try:
         return load()
     except (OSError, ValueError) as exc:  # missing/unreachable files (OSError), unreadable config.json (ValueError)
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ModelSourceError(f"cannot load the {what} of model {model_cfg.get('name_or_path') or model_cfg.name}: "
-                               f"{first}") from None
+                               f"{first_line(exc, type(exc).__name__)}") from None
 
 
 @contextmanager

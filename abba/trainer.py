@@ -5,7 +5,8 @@
   state come from the Trainer as usual) and restores it on `resume_from_checkpoint` through
   `ABBAModel.load_adapter`; under DeepSpeed its checkpoints leave the frozen base out, as they do for peft.
   peft baselines and full fine-tuning use the Trainer's own save/load.
-* `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl.
+* `MetricsCallback` appends loss, lr, grad_norm and tokens/s per optimizer step to RUN/metrics.jsonl (a torn
+  last line, from a crash while it was written, is dropped on resume).
 * `InterruptCallback` raises after a chosen checkpoint is written, to test resume=true (+debug.interrupt_at_step).
 """
 
@@ -21,7 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .model import ABBAModel
-from .files import write_text
+from .files import append_jsonl, read_jsonl, write_jsonl, write_text
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -110,10 +111,9 @@ class MetricsCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= state.global_step]
-        self.losses = [json.loads(line)["loss"] for line in kept]
-        write_text(self.path, "".join(line + "\n" for line in kept))
+        kept = [record for record in _complete_records(self.path) if record["step"] <= state.global_step]
+        self.losses = [record["loss"] for record in kept]
+        write_jsonl(self.path, kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or not state.is_world_process_zero:
@@ -126,7 +126,21 @@ class MetricsCallback(TrainerCallback):
         self._last_time, self._last_tokens = now, tokens
         self.losses.append(float(logs["loss"]))
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            append_jsonl(f, [record])
+
+
+def _complete_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A crash while a record was appended leaves a last line without its newline
+    that may not parse: that line is dropped (its step is trained again). A bad line anywhere else raises
+    json.JSONDecodeError: the file is damaged, not torn."""
+    try:
+        return read_jsonl(path)
+    except json.JSONDecodeError:
+        text = path.read_text()
+        if text.endswith("\n"):
+            raise
+        write_text(path, text[:text.rfind("\n") + 1])
+        return read_jsonl(path)
 
 
 class InterruptCallback(TrainerCallback):

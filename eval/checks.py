@@ -43,10 +43,27 @@ def check_nll(names: list[str]) -> None:
                          f"(benchmarks with one: {', '.join(n for n in BENCHMARKS if BENCHMARKS[n].reference)})")
 
 
+def check_debug(cfg: DictConfig) -> None:
+    """Refuse a test switch eval.run does not read (`+debug.interrupt_afer=3`) or a value it cannot use: the one
+    switch is `+debug.interrupt_after=N` (N >= 1; raise after N newly scored items, for the resume tests)."""
+    debug = cfg.get("debug")
+    if debug is None:
+        return
+    if not OmegaConf.is_dict(debug):
+        raise UsageError(f"debug={debug}: must be switches, e.g. +debug.interrupt_after=3")
+    for name, value in debug.items():
+        if name != "interrupt_after":
+            raise UsageError(f"unknown test switch debug.{name}{did_you_mean(f'debug.{name}', ['debug.interrupt_after'])}"
+                             ": known: debug.interrupt_after")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"debug.interrupt_after={value}: must be an integer >= 1 or null")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Refuse (UsageError, naming the key) a value that would otherwise fail after the model has loaded, or
-    write an empty evaluation: limit, subset, batch size, max_new_tokens, tensor_parallel_size, dtype, device; and
+    write an empty evaluation: the test switches (check_debug), limit, subset, batch size, max_new_tokens, tensor_parallel_size, dtype, device; and
     a launch on several processes (eval.run's docstring says why)."""
+    check_debug(cfg)
     import torch
 
     from abba.base_model import DTYPES

@@ -4,21 +4,22 @@
     python -m eval.rescore benchmark=math input=... output=... math_exception_correct=true
 
 Reads JSONL records with `completion` and `gold`, writes them with `prediction` and `correct` (and the scorer's
-extra fields) recomputed, and prints `accuracy=<value>` as its last line. A bad command line (`benchmark=gsm8kk`, an
-unknown or missing option) exits 2, a missing or unreadable input, or a samples file of another benchmark, 1, each
-with one line (abba/cli.py); no output is written then.
+extra fields) recomputed, and prints `accuracy=<value>` as its last line. Scoring options: gsm8k_round_prediction,
+math_exception_correct (true/false), math_timeout_s (seconds > 0); defaults from configs/eval.yaml. A bad command
+line (`benchmark=gsm8kk`, an argument that is not key=value, an unknown, missing or mistyped option) exits 2; a
+missing or unreadable input, a samples file of another benchmark, or a record whose gold the scorer cannot read
+exits 1; each with one line (abba/cli.py), and no output is written then.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from abba.cli import Refusal, UsageError, one_line_errors, unknown_options
+from abba.cli import Refusal, UsageError, first_line, one_line_errors, parse_bool, parse_key_values
 from abba.files import write_jsonl
 
 from .benchmarks import BENCHMARKS
@@ -38,12 +39,19 @@ def rescore(benchmark: str, input_path: str | Path, output_path: str | Path, **o
     names = benchmark_names(benchmark)  # UsageError (a ValueError) with close matches for a misspelt name
     if len(names) != 1 or names[0] != benchmark:
         raise UsageError(f"benchmark={benchmark}: rescore one benchmark at a time (the one the samples file is of)")
-    records = _read_records(Path(input_path))
+    numbered = _read_records(Path(input_path))
+    records = list(numbered.values())
     _check_benchmark(Path(input_path), records, benchmark)
     options = {**default_options(), **options}
     scorer = BENCHMARKS[benchmark].make_scorer(options)
+    rescored = []
     try:
-        rescored = [score_record(scorer, record, options) for record in records]
+        for number, record in numbered.items():
+            try:
+                rescored.append(score_record(scorer, record, options))
+            except (ValueError, TypeError) as error:  # a gold the scorer cannot read, e.g. GSM8K's "#### 4"
+                raise Refusal(f"input={input_path} line {number}: {first_line(error)}: pass a "
+                              f"samples file that eval.run wrote for benchmark={benchmark}") from None
     finally:
         scorer.close()
     write_jsonl(output_path, rescored)
@@ -64,12 +72,13 @@ def _check_benchmark(path: Path, records: list[dict], benchmark: str) -> None:
                       f"{', '.join(source)}: rescore one benchmark's file at a time")
 
 
-def _read_records(path: Path) -> list[dict]:
-    """The samples file's records, line by line (not abba.files.read_jsonl) so that a refusal names the line."""
+def _read_records(path: Path) -> dict[int, dict]:
+    """The samples file's records by line number (from 1), read line by line (not abba.files.read_jsonl) so that
+    a refusal names the line."""
     if not path.is_file():
         raise Refusal(f"input={path} {'is a folder' if path.is_dir() else 'does not exist'}: pass a samples file "
                       f"that eval.run wrote (OUT/samples_<benchmark>.jsonl)")
-    records = []
+    records = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -80,20 +89,29 @@ def _read_records(path: Path) -> list[dict]:
         if not isinstance(record, dict) or "completion" not in record or "gold" not in record:
             raise Refusal(f"input={path} line {number} has no completion and gold: pass a samples file that "
                           f"eval.run wrote")
-        records.append(record)
+        records[number] = record
     return records
 
 
-def _main(argv: list[str]) -> None:
+def _option(key: str, value: str) -> bool | int | float:
+    """A scoring option typed as configs/eval.yaml has it; UsageError naming the key otherwise."""
+    if key != "math_timeout_s":
+        return parse_bool(key, value)
     try:
-        args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    except Exception as error:  # noqa: BLE001 - a malformed key=value: say which, in one line
-        raise UsageError(f"{str(error).splitlines()[0]}; {USAGE}") from None
-    unknown_options(args, ("benchmark", "input", "output", *SCORING_OPTIONS), USAGE)
+        seconds = int(value) if value.strip().isdigit() else float(value)
+    except ValueError:
+        seconds = -1
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"{key}={value}: expected a positive number of seconds")
+    return seconds
+
+
+def _main(argv: list[str]) -> None:
+    args = parse_key_values(argv, dict.fromkeys(("benchmark", "input", "output", *SCORING_OPTIONS)), USAGE)
     missing = [k for k in ("benchmark", "input", "output") if args.get(k) in (None, "")]
     if missing:
         raise UsageError(f"missing {' '.join(k + '=' for k in missing)}; {USAGE}")
-    options = {k: args[k] for k in SCORING_OPTIONS if k in args}
+    options = {k: _option(k, args[k]) for k in SCORING_OPTIONS if args[k] is not None}
     accuracy = rescore(str(args["benchmark"]), args["input"], args["output"], **options)
     print(f"accuracy={accuracy}")
 

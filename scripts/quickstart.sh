@@ -47,6 +47,7 @@ import yaml
 
 from abba.layout import REPO_ROOT
 from abba.base_model import build_model, pretrained_folder
+from abba.model import parameter_counts
 
 entry = yaml.safe_load((REPO_ROOT / "configs" / "model" / "smollm2_135m.yaml").read_text())
 gguf, t = entry["gguf"], time.time()
@@ -56,7 +57,7 @@ print(f"{entry['name_or_path']}: {gguf['file']} (PyPI {gguf['package']}=={gguf['
 model = build_model(entry)
 c = model.config
 print(f"  {type(model).__name__}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} "
-      f"heads ({c.num_key_value_heads} KV), vocabulary {c.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
+      f"heads ({c.num_key_value_heads} KV), vocabulary {c.vocab_size}, {parameter_counts(model)[1]:,} "
       "parameters")
 EOF
 

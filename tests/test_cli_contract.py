@@ -92,3 +92,53 @@ def test_a_missing_input_or_a_folder_that_may_not_be_used_is_refused(module, tmp
         for lock in held:
             lock.release()
     assert not (tmp_path / "nope").exists()
+
+
+#: The entry points that keep Hydra's command line; abba.hydra_check checks it before @hydra.main runs.
+HYDRA_ENTRY_POINTS = ("abba.train", "eval.run", "abba.bench", "abba.reconstruct")
+
+
+@pytest.mark.parametrize("module", HYDRA_ENTRY_POINTS)
+def test_a_hydra_entry_point_refuses_an_unknown_flag_in_one_line(module, tmp_path):
+    """Hydra itself prints 8 lines of argparse usage for `--dry-run`; `--size 2` was a lexer error on `2`."""
+    line = assert_one_line_error(run(["-m", module, "--dry-run", "--size", "2"], tmp_path), 2)
+    assert line.startswith("error: unknown flag --dry-run: this command takes key=value overrides"), line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["experiment"], "Error parsing override 'experiment': expected key=value"),
+    (["quick=true", "quick"], "Error parsing override 'quick': expected key=value"),
+    (["--size", "quick"], "unknown flag --size: this command takes key=value overrides and Hydra's flags "
+                          "(-m, --cfg job, --help); did you mean size=...?"),
+    (["--world-size=2"], "unknown flag --world-size: this command takes key=value overrides and Hydra's flags "
+                         "(-m, --cfg job, --help)"),
+    (["size=[abc]"], "size=['abc']: expected a list of numbers (default [256, 256])"),
+    (["ranks=[8,x]"], "ranks=[8, 'x']: expected a list of numbers (default [8, 16, 24, 32, 40, 48, 56, 64, 72])"),
+])
+def test_hydra_command_line_errors_say_what_to_do(argv, expected):
+    """In-process (abba.hydra_check against configs/reconstruct.yaml): the exact one-line message."""
+    from abba.hydra_check import CommandLineError, check_command_line
+    from abba.layout import REPO_ROOT
+
+    with pytest.raises(CommandLineError) as caught:
+        check_command_line(REPO_ROOT / "configs", "reconstruct", argv)
+    assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize("argv", [["-m", "seed=1,2"], ["--multirun", "seed=1"], ["--cfg", "job"], ["-c", "job"],
+                                  ["--info", "defaults"], ["-cn=reconstruct", "--cfg=job"], ["--help"], ["-h"],
+                                  ["--hydra-help"], ["--version"], ["--resolve", "--cfg", "job"], ["-r"]])
+def test_hydra_own_flags_pass_the_flag_check(argv):
+    from abba.hydra_check import check_flags
+    from abba.layout import REPO_ROOT
+
+    check_flags(REPO_ROOT / "configs", "reconstruct", argv)  # raises nothing
+
+
+@pytest.mark.parametrize("message, default, expected", [
+    ("\n  \n  first  \nsecond", "", "first"), ("", "fallback", "fallback"), (" \n\t\n", "", ""),
+    (ValueError("bad value\nTraceback..."), "", "bad value")])
+def test_first_line_of_an_error_message(message, default, expected):
+    from abba.cli import first_line
+
+    assert first_line(message, default) == expected

@@ -281,6 +281,12 @@ def test_reproduce_bad_seeds_is_one_line(tmp_path):
     assert_one_line_error(proc, 2, "SEEDS")
 
 
+def test_reproduce_module_points_mini_to_the_script(tmp_path):
+    """The usage lists mini, which scripts/reproduce.sh hands to abba.mini; the module says so."""
+    assert_one_line_error(run(["-m", "abba.reproduce", "mini"], tmp_path), 2, "bash scripts/reproduce.sh mini")
+    assert tree(tmp_path) == []
+
+
 # ---------------------------------------------------------------- eval.rescore
 
 def test_rescore_failures(tmp_path):
@@ -298,6 +304,43 @@ def test_rescore_failures(tmp_path):
     assert tree(tmp_path) == ["in.jsonl"]
 
 
+@pytest.mark.parametrize("args, code, needle", [
+    (["benchmark=gsm8k", "input=in.jsonl", "gsm8k_round_prediction=maybe"], 2, "gsm8k_round_prediction=maybe"),
+    (["benchmark=gsm8k", "input=in.jsonl", "math_exception_correct=2"], 2, "math_exception_correct=2"),
+    (["benchmark=gsm8k", "input=in.jsonl", "math_timeout_s=-1"], 2, "math_timeout_s=-1"),
+    (["benchmark=gsm8k", "input=in.jsonl", "math_timeout_s=soon"], 2, "math_timeout_s=soon"),
+    (["benchmark=gsm8k", "input=in.jsonl", "verbose"], 2, "'verbose' is not key=value"),
+    # GSM8K's scorer cannot read the raw "#### 4" of the data file as a gold answer: the file and line are named.
+    (["benchmark=gsm8k", "input=bad_gold.jsonl"], 1, "bad_gold.jsonl line 2: GSM8K gold answer is not a number"),
+])
+def test_rescore_typed_options_and_unreadable_gold(args, code, needle, tmp_path, monkeypatch, capsys):
+    """In process (eval.rescore.main): a mistyped scoring option, an argument without '=', a gold the scorer
+    cannot read; one line each, no output written."""
+    from eval.rescore import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text('{"id": "0", "completion": "The answer is: 3", "gold": "3"}\n')
+    (tmp_path / "bad_gold.jsonl").write_text('{"id": "0", "completion": "3", "gold": "3"}\n'
+                                             '{"id": "1", "completion": "4", "gold": "#### 4"}\n')
+    with pytest.raises(SystemExit) as stop:
+        main([*args, f"output={tmp_path / 'o' / 'r.jsonl'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == code and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_rescore_typed_options_are_used(tmp_path, capsys):
+    """math_timeout_s=2 and the booleans arrive typed (as configs/eval.yaml has them) in each record's scoring."""
+    from eval.rescore import main
+
+    (tmp_path / "in.jsonl").write_text('{"id": "0", "completion": "The answer is: 3.4", "gold": "3"}\n')
+    main(["benchmark=gsm8k", f"input={tmp_path / 'in.jsonl'}", f"output={tmp_path / 'r.jsonl'}",
+          "gsm8k_round_prediction=false", "math_timeout_s=2", "math_exception_correct=TRUE"])
+    record = json.loads((tmp_path / "r.jsonl").read_text())
+    assert record["scoring"] == {"gsm8k_round_prediction": False, "math_exception_correct": True, "math_timeout_s": 2}
+    assert record["correct"] is False and capsys.readouterr().out.strip().endswith("accuracy=0.0")
+
+
 # ---------------------------------------------------------------- abba.export, abba.tables
 
 def test_export_failures(models, tmp_path):
@@ -307,6 +350,12 @@ def test_export_failures(models, tmp_path):
     assert_one_line_error(run([*export, final, "format=ia3"], tmp_path), 2, "format=ia3")
     assert_one_line_error(run([*export, final, "formt=lora"], tmp_path), 2, "did you mean: format")
     assert tree(tmp_path) == []
+
+
+def test_export_usage_shows_format_as_optional(tmp_path):
+    """format= defaults to lora, so the usage line shows it in brackets."""
+    proc = run(["-m", "abba.export", f"output_dir={tmp_path / 'x'}"], tmp_path)
+    assert_one_line_error(proc, 2, "missing adapter_dir=", "[format=lora|loha]")
 
 
 def test_tables_failures(tmp_path):

@@ -129,6 +129,22 @@ def test_the_interrupt_switch_is_a_debug_key_not_a_config_key():
         check_command_line(REPO_ROOT / "configs", "eval", [*fixed, "interrupt_after=3"])
 
 
+@pytest.mark.parametrize("switch, needle", [
+    ("+debug.interrupt_afer=3", "unknown test switch debug.interrupt_afer (did you mean: debug.interrupt_after)"),
+    ("+debug.interrupt_after=0", "debug.interrupt_after=0: must be an integer >= 1 or null"),
+    ("+debug.interrupt_after=abc", "debug.interrupt_after=abc: must be an integer >= 1 or null"),
+])
+def test_a_mistyped_test_switch_is_refused_before_anything_loads(switch, needle):
+    """A typo in the switch's name would otherwise be ignored (the run evaluates everything) and a bad value would
+    fail after the model has loaded: both are usage errors, found by the command-line check."""
+    from abba.cli import UsageError
+    from eval.checks import check_values
+
+    with pytest.raises(UsageError) as error:
+        check_values(load_config(["benchmark=boolq", "model_path=M", "output_dir=O", switch]))
+    assert needle in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
 def test_stop_strings_end_a_sequence_and_are_cut(tokenizer):
     from eval.backends import truncate_at_stop
     from eval.backends.hf import StopOnStrings

@@ -106,3 +106,76 @@ def test_bad_merge_args_are_a_usage_error_before_any_merge(merge_args, needle, t
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"EVAL_ARGS": "benchmark=gsm8k"}, "EVAL_ARGS: benchmark=: set by abba.merge_eval for each run"),
+    ({"EVAL_ARGS": "limit=2 model_path=/elsewhere"}, "EVAL_ARGS: model_path=: set by abba.merge_eval"),
+    ({"EVAL_ARGS": "++output_dir=x"}, "EVAL_ARGS: output_dir=: set by abba.merge_eval"),
+    ({"KEEP_MERGED": "maybe"}, "KEEP_MERGED=maybe: expected true or false"),
+])
+def test_eval_args_setting_a_per_run_key_or_a_bad_keep_merged_is_a_usage_error(env, needle, tmp_path):
+    """benchmark=, model_path=, output_dir= are set by merge_eval for each run: EVAL_ARGS may not override them."""
+    env = dict(os.environ, RESULTS_DIR=str(tmp_path / "results"), PYTHONPATH=str(REPO_ROOT), **env)
+    proc = subprocess.run([sys.executable, "-m", "abba.merge_eval", "arithmetic", str(tmp_path / "run")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _metrics(out, entries):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(entries))
+
+
+def test_a_finished_evaluation_is_done_and_a_partial_one_is_not(tmp_path):
+    """abba.merge_eval.is_done on hand-written metrics.json files (GSM8K and MATH: the arithmetic group)."""
+    from abba.merge_eval import is_done
+    from eval.run import load_config
+
+    fixed = ["benchmark=arithmetic", "model_path=M", "output_dir=O"]
+    full, limit2 = load_config(fixed), load_config([*fixed, "limit=2"])
+    whole = {"n": 7, "limit": None}
+    two = {"n": 2, "limit": 2, "subset": "first", "subset_seed": 0}
+    _metrics(tmp_path / "a", {"gsm8k": whole, "math": whole})
+    _metrics(tmp_path / "b", {"gsm8k": two, "math": two})
+    _metrics(tmp_path / "c", {"gsm8k": whole})  # MATH not evaluated yet
+    _metrics(tmp_path / "d", {"gsm8k": {**two, "limit": 5, "n": 5}, "math": two})  # another limit
+    assert [is_done(tmp_path / x, "arithmetic", full) for x in "abcd"] == [True, False, False, False]
+    assert [is_done(tmp_path / x, "arithmetic", limit2) for x in "abcd"] == [True, True, False, False]
+    assert not is_done(tmp_path / "missing", "arithmetic", full)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_finished_evaluation_skips_merge_and_eval(excerpt_data, tokenizer, tmp_path):
+    """A second arithmetic_merge_eval.sh of an evaluated run used to merge again (merged/ was deleted), which changed
+    the model fingerprint, so eval.run generated every sample again. Now it is skipped in one line; without
+    limit= the partial evaluation is merged again and resumed (KEEP_MERGED=1 keeps merged/)."""
+    run = tmp_path / "outputs" / "test_abba" / "seed3"
+    abba_run(run, tokenizer, seed=3)
+    write_run_config(run, "test_rerun", 3, "abba")
+    env = dict(os.environ, RESULTS_DIR=str(tmp_path / "results"), ABBA_DATA_DIR=str(excerpt_data),
+               EVAL_ARGS="limit=1 backend=hf batch_size=1 max_new_tokens=4", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    script = ["bash", str(REPO_ROOT / "scripts" / "arithmetic_merge_eval.sh"), str(run)]
+
+    def stage(**extra):
+        done = subprocess.run(script, env={**env, **extra}, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    stage()
+    out = tmp_path / "results" / "test_rerun" / "seed3"
+    samples = out / "samples_gsm8k.jsonl"
+    before = (samples.read_bytes(), samples.stat().st_mtime_ns, (out / "metrics.json").read_bytes())
+    assert not (out / "merged").exists()
+    again = stage()
+    assert "already holds its arithmetic evaluation: skipped" in again.stdout, again.stdout
+    assert not [line for line in again.stdout.splitlines() if line.startswith("merged ")]  # abba.merge's summary
+    assert not (out / "merged").exists()
+    assert (samples.read_bytes(), samples.stat().st_mtime_ns, (out / "metrics.json").read_bytes()) == before
+    # Without limit= the evaluation of one item is partial: merged again (and kept) and evaluated on every item.
+    third = stage(EVAL_ARGS="backend=hf batch_size=2 max_new_tokens=4", KEEP_MERGED="1")
+    assert "skipped" not in third.stdout and (out / "merged" / "merge_info.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(entry["limit"] is None and entry["n"] > 1 for entry in metrics.values())

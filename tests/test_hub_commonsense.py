@@ -131,3 +131,16 @@ def test_neither_source_is_one_line_on_stderr(tmp_path):
 def test_cli_bad_argument(capsys):
     assert hc.main(["outdir=x"]) == 2
     assert capsys.readouterr().err.startswith("error: bad arguments outdir=x; usage:")
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["out_dir=X", "foo=1"], "; unknown option foo"),
+    (["out_dir"], "; argument 'out_dir' is not key=value"),
+    (["data_dir=y"], "; missing out_dir="),
+])
+def test_cli_bad_argument_names_the_reason(argv, reason, capsys):
+    """The unknown key (or the argument that is not key=value) is named, not only the whole command line."""
+    assert hc.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: bad arguments {' '.join(argv)}; usage:") and err.rstrip().endswith(reason), err
+    assert len(err.strip().splitlines()) == 1

@@ -270,6 +270,34 @@ def test_loss_curve_command_line(tmp_path, capsys):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "x.png").exists()
 
 
+def test_loss_curve_out_must_be_a_png_name(tmp_path, capsys):
+    """`out=/tmp/x/loss` used to end in matplotlib's "Format 'tmp' is not supported" (it read the format from the
+    atomic writer's temporary name): now a usage error in one line, and nothing is written."""
+    run = write_training_run(tmp_path / "abba", "arc_easy", 16, 4, 10)
+    for out in (tmp_path / "loss", tmp_path / "loss.pdf"):
+        with pytest.raises(SystemExit) as stop:
+            abba.plots.main(["loss_curve", f"out={out}", f"ABBA={run}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and err == [f"error: out={out}: the figure is a PNG, name it *.png; "
+                                                f"{abba.plots.USAGE}"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abba"]
+
+
+@pytest.mark.parametrize("name, magic", [("fig", b"\x89PNG"), ("fig.png", b"\x89PNG"), ("fig.PDF", b"%PDF"),
+                                         ("fig.svg", b"<?xml")])
+def test_save_figure_takes_the_format_from_the_target_name(tmp_path, name, magic):
+    """Not from the temporary file's name (`.fig.<pid>-<hex>.tmp`): no suffix means PNG."""
+    from abba.figures import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / name)
+    plt.close(fig)
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 # ------------------------------------------------------------------------------------------ reconstruction
 
 def _compose(*overrides: str):

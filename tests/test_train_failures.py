@@ -122,6 +122,12 @@ def _ok_overrides(tmp_path: Path) -> list[str]:
     (["trainer.lr_scheduler_type=foo"], 2, "trainer: foo is not a valid SchedulerType"),
     (["+trainer.foo=1"], 2, "unexpected keyword argument 'foo'"),
     (["peft.target_modules=[foo_proj]"], 2, "peft: target_modules=['foo_proj'] matches no nn.Linear"),
+    # Found by a review after issue 12's refactor: a traceback, exit 1, silently ignored, a crash mid-training.
+    (["model.dtype=foo"], 2, "model.dtype=foo: must be one of float32, fp32, bfloat16, bf16, float16, fp16"),
+    (["resume=true", "overwrite=true"], 2, "resume=true and overwrite=true contradict each other: pick one"),
+    (["+debug.interrupt_at_stp=2"], 2, "unknown test switch debug.interrupt_at_stp (did you mean: "
+                                       "debug.interrupt_at_step)"),
+    (["+debug.interrupt_at_step=abc"], 2, "debug.interrupt_at_step=abc: must be a positive integer or null"),
 ])
 def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, says, excerpt_data, tmp_path):
     result = run_train([*_ok_overrides(tmp_path), *extra], excerpt_data, tmp_path)
@@ -129,6 +135,34 @@ def test_a_bad_command_line_says_so_in_one_line_and_writes_nothing(extra, code, 
     assert result.returncode == code and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], \
         result.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []  # no run folder, no empty parents
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["model.dtype=bf16x"], "model.dtype=bf16x: must be one of float32, fp32, bfloat16, bf16, float16, fp16 "
+                            "(did you mean: bf16, fp16, bfloat16)"),
+    (["+debug.dump_init_adaptr=true"], "unknown test switch debug.dump_init_adaptr (did you mean: "
+                                       "debug.dump_init_adapter): known: debug.interrupt_at_step, "
+                                       "debug.dump_init_adapter"),
+    (["+debug.interrupt_at_step=0"], "debug.interrupt_at_step=0: must be a positive integer or null"),
+    (["+debug.interrupt_at_step=true"], "debug.interrupt_at_step=True: must be a positive integer or null"),
+    (["+debug.dump_init_adapter=3"], "debug.dump_init_adapter=3: must be true or false"),
+    ([], None), (["+debug.interrupt_at_step=2", "+debug.dump_init_adapter=true"], None),
+    (["+debug.interrupt_at_step=null"], None),
+])
+def test_validate_checks_the_model_dtype_and_the_test_switches(extra, says):
+    """In-process: abba.train_config.validate on the composed config (the exit code is checked above)."""
+    from hydra import compose, initialize_config_dir
+
+    from abba.train_config import TrainConfigError, validate
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke_arithmetic", *extra])
+    if says is None:
+        validate(cfg)
+        return
+    with pytest.raises(TrainConfigError) as caught:
+        validate(cfg)
+    assert str(caught.value) == says
 
 
 def test_an_unreachable_hub_model_fails_fast_in_one_line(excerpt_data, tmp_path, monkeypatch):
@@ -324,3 +358,47 @@ def test_merge_eval_checks_eval_args_before_merging(excerpt_data, tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.strip() == "error: EVAL_ARGS: limit=x: must be an integer >= 1 or null"
     assert not (tmp_path / "results").exists()  # nothing merged
+
+
+def _metrics_line(step: int, loss: float) -> str:
+    return json.dumps({"step": step, "epoch": step / 3, "loss": loss, "lr": 1e-3 * step, "grad_norm": None,
+                       "tokens_per_s": 12.5, "tokens_seen": 40 * step}) + "\n"
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_keeps_the_rest_byte_for_byte(tmp_path):
+    """A crash while a record was appended leaves half a line; resuming from checkpoint-2 keeps steps 1 and 2 as
+    they were written, drops the torn line (it used to be a JSONDecodeError), and appends new steps the same way."""
+    from types import SimpleNamespace
+
+    from abba.trainer import MetricsCallback
+
+    path = tmp_path / "metrics.jsonl"
+    whole = [_metrics_line(1, 2.5), _metrics_line(2, 1.0 / 3), _metrics_line(3, 0.75)]
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, num_input_tokens_seen=80, epoch=2 / 3)
+    path.write_text("".join(whole) + whole[2][:25])  # step 4 torn mid-write: the start of a line, no newline
+    callback = MetricsCallback(path)
+    callback.on_train_begin(None, state, None)
+    assert path.read_text() == whole[0] + whole[1]
+    assert callback.losses == [2.5, 1.0 / 3]
+    state.global_step, state.epoch, state.num_input_tokens_seen = 3, 1.0, 120
+    callback.on_log(None, state, None, logs={"loss": 0.75, "learning_rate": 3e-3})
+    record = json.loads(path.read_text().splitlines()[-1])
+    assert path.read_text().startswith(whole[0] + whole[1]) and path.read_text().endswith("\n")
+    assert path.read_text()[len(whole[0] + whole[1]):] == json.dumps(record) + "\n"
+    assert (record["step"], record["loss"], record["lr"], record["tokens_seen"]) == (3, 0.75, 3e-3, 120)
+
+
+def test_resume_keeps_an_intact_metrics_file_byte_for_byte_and_refuses_a_damaged_one(tmp_path):
+    from types import SimpleNamespace
+
+    from abba.trainer import MetricsCallback
+
+    path = tmp_path / "metrics.jsonl"
+    text = _metrics_line(1, 2.5) + _metrics_line(2, 0.1 + 0.2)
+    path.write_text(text)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, num_input_tokens_seen=80, epoch=2 / 3)
+    MetricsCallback(path).on_train_begin(None, state, None)
+    assert path.read_bytes() == text.encode()
+    path.write_text(text[:30] + "\n" + text)  # a bad line that is not the last one: damage, not a torn append
+    with pytest.raises(json.JSONDecodeError):
+        MetricsCallback(path).on_train_begin(None, state, None)

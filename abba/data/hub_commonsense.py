@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..cli import UsageError, did_you_mean, one_line_errors, parse_key_values
+from ..cli import UsageError, one_line_errors, parse_key_values
 from ..files import atomic_path, write_text
 
 HUB_ID = "allenai/ai2_arc"
@@ -129,12 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             keys = {"out_dir": "", "data_dir": ""}
             try:
                 args = parse_key_values(argv, keys, USAGE)
-            except UsageError:
-                args = {}
-            if not args.get("out_dir"):
-                given = [a.partition("=")[0] for a in argv]
-                hints = "".join(did_you_mean(key, keys) for key in given if key not in keys)
-                raise UsageError(f"bad arguments {' '.join(argv) or '(none)'}; {USAGE}{hints}")
+                reason = "" if args["out_dir"] else "missing out_dir="
+            except UsageError as error:  # its reason (unknown key with close matches, not key=value), once
+                reason = str(error).removesuffix(f"; {USAGE}")
+            if reason:
+                raise UsageError(f"bad arguments {' '.join(argv) or '(none)'}; {USAGE}; {reason}")
             out_dir = Path(args["out_dir"])
             source = materialise(out_dir, Path(args["data_dir"]) if args["data_dir"] else None)
     except SystemExit as stop:  # one_line_errors printed the line
