@@ -2,7 +2,7 @@
 failure is one stderr line `error: <what failed>: <what to do>` with exit 2 for a usage error (an unknown key) and
 exit 1 for a refusal (a missing input, or a folder that may not be used), without a traceback.
 
-Each case runs the real command in a subprocess from an empty tmp_path, offline (OMP_NUM_THREADS=1,
+Each case runs the real command in a subprocess (three at a time) from an empty folder of its own, offline (OMP_NUM_THREADS=1,
 HF_HUB_OFFLINE=1: tests/test_cli_failures.py's environment and checks). Every refusal is one that comes before
 anything heavy: no model or data is loaded, nothing is trained, merged, fitted or downloaded. The other failure
 modes of each entry point are tested beside it (test_cli_failures.py, test_train_failures.py, ...).
@@ -72,26 +72,45 @@ def _command(module: str, args: list[str], tmp_path: Path) -> tuple[list[str], d
     return argv, env, locks
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
-def test_an_unknown_key_is_a_usage_error(module, tmp_path):
-    assert_one_line_error(run(["-m", module, UNKNOWN_KEY], tmp_path), 2)
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """{(case, module): (the finished subprocess, its tmp folder)} for every subprocess case of this file, run
+    a few at a time: each is a fresh Python importing torch (seconds of CPU) and they are independent."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-@pytest.mark.parametrize("module", ENTRY_POINTS)
-def test_a_missing_input_or_a_folder_that_may_not_be_used_is_refused(module, tmp_path):
     from filelock import FileLock
 
-    argv, env, locks = _command(module, REFUSALS[module], tmp_path)
-    held = [FileLock(str(path)) for path in locks]
-    for path, lock in zip(locks, held):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    cases = [("unknown_key", m, ["-m", m, UNKNOWN_KEY], {}, []) for m in ENTRY_POINTS]
+    cases += [("flag", m, ["-m", m, "--dry-run", "--size", "2"], {}, []) for m in HYDRA_ENTRY_POINTS]
+    folders = {}
+    for module in ENTRY_POINTS:
+        folders[("refusal", module)] = tmp = tmp_path_factory.mktemp(f"refusal-{module}")
+        cases.append(("refusal", module, *_command(module, REFUSALS[module], tmp)))
+    for case, module, *_ in cases:
+        folders.setdefault((case, module), tmp_path_factory.mktemp(f"{case}-{module}"))
+    locks = [FileLock(str(path)) for *_, paths in cases for path in paths]
+    for lock in locks:
+        Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     try:
-        assert_one_line_error(run(argv, tmp_path, **env), 1)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            done = pool.map(lambda c: run(c[2], folders[c[0], c[1]], timeout=300, **c[3]), cases)
+            return {(c[0], c[1]): (proc, folders[c[0], c[1]]) for c, proc in zip(cases, done)}
     finally:
-        for lock in held:
+        for lock in locks:
             lock.release()
-    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_an_unknown_key_is_a_usage_error(module, outcomes):
+    assert_one_line_error(outcomes["unknown_key", module][0], 2)
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_a_missing_input_or_a_folder_that_may_not_be_used_is_refused(module, outcomes):
+    proc, tmp = outcomes["refusal", module]
+    assert_one_line_error(proc, 1)
+    assert not (tmp / "nope").exists()
 
 
 #: The entry points that keep Hydra's command line; abba.hydra_check checks it before @hydra.main runs.
@@ -99,9 +118,9 @@ HYDRA_ENTRY_POINTS = ("abba.train", "eval.run", "abba.bench", "abba.reconstruct"
 
 
 @pytest.mark.parametrize("module", HYDRA_ENTRY_POINTS)
-def test_a_hydra_entry_point_refuses_an_unknown_flag_in_one_line(module, tmp_path):
+def test_a_hydra_entry_point_refuses_an_unknown_flag_in_one_line(module, outcomes):
     """Hydra itself prints 8 lines of argparse usage for `--dry-run`; `--size 2` was a lexer error on `2`."""
-    line = assert_one_line_error(run(["-m", module, "--dry-run", "--size", "2"], tmp_path), 2)
+    line = assert_one_line_error(outcomes["flag", module][0], 2)
     assert line.startswith("error: unknown flag --dry-run: this command takes key=value overrides"), line
 
 
